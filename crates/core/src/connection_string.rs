@@ -1,0 +1,1 @@
+//! IoT Hub connection strings (to be written).

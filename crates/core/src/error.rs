@@ -1,0 +1,211 @@
+//! The hub's domain error: an Azure IoT Hub error code plus a human message.
+//!
+//! Every layer above (REST, MQTT, CLI) turns a [`HubError`] into its own wire
+//! form; the mapping from [`ErrorCode`] to an HTTP status lives here, in one
+//! exhaustive match, so no caller can forget a variant.
+
+use std::fmt;
+
+/// Azure IoT Hub error codes that ferrohub answers with. The names are the
+/// ones Azure puts in `iothub-errorcode` and in the legacy
+/// `ErrorCode:<Name>;...` message, which the Node service SDK parses into its
+/// typed errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// A request argument is invalid (bad id, bad field value, bad query).
+    ArgumentInvalid,
+    /// A required argument is missing.
+    ArgumentNull,
+    /// The body is not valid JSON or has the wrong shape.
+    IotHubFormatError,
+    /// The operation is not allowed in the current state.
+    InvalidOperation,
+    /// A bulk request names the same device twice.
+    DeviceDefinedMultipleTimes,
+    /// A bulk registry request failed for at least one device.
+    BulkRegistryOperationFailure,
+    /// Missing, malformed, forged or expired credentials.
+    IotHubUnauthorizedAccess,
+    /// Valid credentials without the permission the operation needs.
+    IotHubUnauthorized,
+    /// The device identity does not exist.
+    DeviceNotFound,
+    /// The route does not exist.
+    IotHubNotFound,
+    /// A create named a device that already exists.
+    DeviceAlreadyExists,
+    /// If-Match did not match the current etag.
+    PreconditionFailed,
+    /// The request body is larger than the hub accepts.
+    MessageTooLarge,
+    /// Too many devices in one request or in the hub.
+    TooManyDevices,
+    /// The caller is over a rate limit.
+    ThrottlingException,
+    /// Something failed inside the hub.
+    ServerError,
+    /// The hub cannot serve the request right now (e.g. shutting down).
+    ServiceUnavailable,
+}
+
+impl ErrorCode {
+    /// The name Azure uses for this code.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ArgumentInvalid => "ArgumentInvalid",
+            Self::ArgumentNull => "ArgumentNull",
+            Self::IotHubFormatError => "IotHubFormatError",
+            Self::InvalidOperation => "InvalidOperation",
+            Self::DeviceDefinedMultipleTimes => "DeviceDefinedMultipleTimes",
+            Self::BulkRegistryOperationFailure => "BulkRegistryOperationFailure",
+            Self::IotHubUnauthorizedAccess => "IotHubUnauthorizedAccess",
+            Self::IotHubUnauthorized => "IotHubUnauthorized",
+            Self::DeviceNotFound => "DeviceNotFound",
+            Self::IotHubNotFound => "IotHubNotFound",
+            Self::DeviceAlreadyExists => "DeviceAlreadyExists",
+            Self::PreconditionFailed => "PreconditionFailed",
+            Self::MessageTooLarge => "MessageTooLarge",
+            Self::TooManyDevices => "TooManyDevices",
+            Self::ThrottlingException => "ThrottlingException",
+            Self::ServerError => "ServerError",
+            Self::ServiceUnavailable => "ServiceUnavailable",
+        }
+    }
+
+    /// The HTTP status Azure answers this code with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::ArgumentInvalid
+            | Self::ArgumentNull
+            | Self::IotHubFormatError
+            | Self::InvalidOperation
+            | Self::DeviceDefinedMultipleTimes
+            | Self::BulkRegistryOperationFailure => 400,
+            Self::IotHubUnauthorizedAccess => 401,
+            Self::IotHubUnauthorized => 403,
+            Self::DeviceNotFound | Self::IotHubNotFound => 404,
+            Self::DeviceAlreadyExists => 409,
+            Self::PreconditionFailed => 412,
+            Self::MessageTooLarge | Self::TooManyDevices => 413,
+            Self::ThrottlingException => 429,
+            Self::ServerError => 500,
+            Self::ServiceUnavailable => 503,
+        }
+    }
+
+    /// Azure's six-digit code (status × 1000 + sub-code), as sent in bulk
+    /// results and in MQTT twin error bodies.
+    pub fn numeric(self) -> u32 {
+        match self {
+            Self::ArgumentInvalid => 400004,
+            Self::ArgumentNull => 400005,
+            Self::IotHubFormatError => 400006,
+            Self::InvalidOperation => 400003,
+            Self::DeviceDefinedMultipleTimes => 400011,
+            Self::BulkRegistryOperationFailure => 400013,
+            Self::IotHubUnauthorizedAccess => 401002,
+            Self::IotHubUnauthorized => 403001,
+            Self::DeviceNotFound => 404001,
+            Self::IotHubNotFound => 404000,
+            Self::DeviceAlreadyExists => 409001,
+            Self::PreconditionFailed => 412001,
+            Self::MessageTooLarge => 413001,
+            Self::TooManyDevices => 413002,
+            Self::ThrottlingException => 429001,
+            Self::ServerError => 500001,
+            Self::ServiceUnavailable => 503001,
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A failed hub operation: what went wrong (the code) and why (the message,
+/// safe to show to the caller).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct HubError {
+    /// The Azure error code.
+    pub code: ErrorCode,
+    /// A message for the caller.
+    pub message: String,
+}
+
+impl HubError {
+    /// An error with the given code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+
+    /// 400 ArgumentInvalid.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::ArgumentInvalid, message)
+    }
+
+    /// 400 IotHubFormatError (malformed body).
+    pub fn format(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::IotHubFormatError, message)
+    }
+
+    /// 404 DeviceNotFound for the given id.
+    pub fn device_not_found(device_id: &str) -> Self {
+        Self::new(ErrorCode::DeviceNotFound, format!("Device {device_id} not registered"))
+    }
+
+    /// 412 PreconditionFailed.
+    pub fn precondition_failed() -> Self {
+        Self::new(
+            ErrorCode::PreconditionFailed,
+            "Precondition failed: the etag does not match the current one",
+        )
+    }
+
+    /// 401 IotHubUnauthorizedAccess.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::IotHubUnauthorizedAccess, message)
+    }
+
+    /// 500 ServerError; the detail is logged by the caller, not sent.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::ServerError, message)
+    }
+}
+
+/// Result type of the core and service layers.
+pub type HubResult<T> = Result<T, HubError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_codes_agree_with_http_status() {
+        let all = [
+            ErrorCode::ArgumentInvalid,
+            ErrorCode::ArgumentNull,
+            ErrorCode::IotHubFormatError,
+            ErrorCode::InvalidOperation,
+            ErrorCode::DeviceDefinedMultipleTimes,
+            ErrorCode::BulkRegistryOperationFailure,
+            ErrorCode::IotHubUnauthorizedAccess,
+            ErrorCode::IotHubUnauthorized,
+            ErrorCode::DeviceNotFound,
+            ErrorCode::IotHubNotFound,
+            ErrorCode::DeviceAlreadyExists,
+            ErrorCode::PreconditionFailed,
+            ErrorCode::MessageTooLarge,
+            ErrorCode::TooManyDevices,
+            ErrorCode::ThrottlingException,
+            ErrorCode::ServerError,
+            ErrorCode::ServiceUnavailable,
+        ];
+        for code in all {
+            assert_eq!(code.numeric() / 1000, u32::from(code.http_status()), "{code}");
+        }
+    }
+}

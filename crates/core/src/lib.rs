@@ -1,0 +1,17 @@
+//! ferrohub's pure core: the IoT Hub domain without IO.
+//!
+//! - [`error`]: Azure error codes and their HTTP statuses.
+//! - [`identity`]: device identities and the registry's rules.
+//! - [`twin`]: twin documents, patch semantics, versions, metadata, limits.
+//! - [`sas`]: shared access signature tokens, policies and permissions.
+//! - [`connection_string`]: IoT Hub connection strings.
+//! - [`time`]: timestamps in IoT Hub's text form.
+
+pub mod connection_string;
+pub mod error;
+pub mod identity;
+pub mod sas;
+pub mod time;
+pub mod twin;
+
+pub use error::{ErrorCode, HubError, HubResult};

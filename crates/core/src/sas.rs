@@ -1,0 +1,1 @@
+//! SAS tokens and policies (to be written).

@@ -1,0 +1,1 @@
+//! Twin documents (to be written).

@@ -1,0 +1,3 @@
+//! The ferrohub hub process: TLS material, policies, the HTTPS service API.
+
+pub mod hubfile;
