@@ -27,8 +27,11 @@ pub enum ErrorCode {
     BulkRegistryOperationFailure,
     /// Missing, malformed, forged or expired credentials.
     IotHubUnauthorizedAccess,
-    /// Valid credentials without the permission the operation needs.
+    /// Valid credentials without the permission the operation needs. Azure
+    /// answers this with 401 too (the .NET SDK raises UnauthorizedException).
     IotHubUnauthorized,
+    /// A quota of the hub is used up.
+    IotHubQuotaExceeded,
     /// The device identity does not exist.
     DeviceNotFound,
     /// The route does not exist.
@@ -61,6 +64,7 @@ impl ErrorCode {
             Self::BulkRegistryOperationFailure => "BulkRegistryOperationFailure",
             Self::IotHubUnauthorizedAccess => "IotHubUnauthorizedAccess",
             Self::IotHubUnauthorized => "IotHubUnauthorized",
+            Self::IotHubQuotaExceeded => "IotHubQuotaExceeded",
             Self::DeviceNotFound => "DeviceNotFound",
             Self::IotHubNotFound => "IotHubNotFound",
             Self::DeviceAlreadyExists => "DeviceAlreadyExists",
@@ -82,8 +86,8 @@ impl ErrorCode {
             | Self::InvalidOperation
             | Self::DeviceDefinedMultipleTimes
             | Self::BulkRegistryOperationFailure => 400,
-            Self::IotHubUnauthorizedAccess => 401,
-            Self::IotHubUnauthorized => 403,
+            Self::IotHubUnauthorizedAccess | Self::IotHubUnauthorized => 401,
+            Self::IotHubQuotaExceeded => 403,
             Self::DeviceNotFound | Self::IotHubNotFound => 404,
             Self::DeviceAlreadyExists => 409,
             Self::PreconditionFailed => 412,
@@ -105,7 +109,8 @@ impl ErrorCode {
             Self::DeviceDefinedMultipleTimes => 400011,
             Self::BulkRegistryOperationFailure => 400013,
             Self::IotHubUnauthorizedAccess => 401002,
-            Self::IotHubUnauthorized => 403001,
+            Self::IotHubUnauthorized => 401001,
+            Self::IotHubQuotaExceeded => 403002,
             Self::DeviceNotFound => 404001,
             Self::IotHubNotFound => 404000,
             Self::DeviceAlreadyExists => 409001,
@@ -194,6 +199,7 @@ mod tests {
             ErrorCode::BulkRegistryOperationFailure,
             ErrorCode::IotHubUnauthorizedAccess,
             ErrorCode::IotHubUnauthorized,
+            ErrorCode::IotHubQuotaExceeded,
             ErrorCode::DeviceNotFound,
             ErrorCode::IotHubNotFound,
             ErrorCode::DeviceAlreadyExists,

@@ -1,3 +1,127 @@
 //! The ferrohub hub process: TLS material, policies, the HTTPS service API.
+//!
+//! [`serve`] wires the parts: data dir → store → policies → TLS → listeners
+//! → `hub.json` and the ready line → serve until a signal → clean exit.
 
+pub mod api;
+pub mod auth;
+pub mod bulk;
+mod clock;
+mod fsutil;
 pub mod hubfile;
+pub mod listen;
+pub mod options;
+pub mod policies;
+pub mod registry;
+pub mod tls;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ferrohub_core::connection_string::ConnectionString;
+use ferrohub_store::SqliteStore;
+
+pub use options::ServeOptions;
+
+use crate::hubfile::HubInfo;
+
+/// File name of the embedded database inside the data dir.
+pub const DB_FILE: &str = "hub.db";
+
+/// Runs a hub until SIGINT or SIGTERM. Prints `ready https=<port> mqtt=<port>`
+/// and the `iothubowner` connection string on stdout once every listener is
+/// bound, and removes `hub.json` on the way out.
+pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    let dir = &opts.data_dir;
+    fsutil::create_private_dir(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+
+    let store =
+        SqliteStore::open(&dir.join(DB_FILE)).map_err(|e| anyhow::anyhow!("opening the store: {e}"))?;
+    let policies = policies::load_or_create(dir)?;
+
+    let mut host_names = opts.host_names.clone();
+    if host_names.is_empty() {
+        host_names.push("localhost".into());
+    }
+    // Tokens may name the hub by any name its certificate carries.
+    let mut auth_names = host_names.clone();
+    auth_names.extend(["localhost", "127.0.0.1", "::1", "[::1]"].map(String::from));
+
+    let identity = match (&opts.tls_cert, &opts.tls_key) {
+        (Some(c), Some(k)) => tls::operator(dir, c, k)?,
+        (None, None) => tls::generated(dir, &opts.host_names)?,
+        _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+    };
+    let https_tls = tls::server_config(&identity, &[b"http/1.1"])?;
+
+    let (addrs, defaults) = listen::addresses(&opts.bind);
+    let https = listen::bind_https(&addrs, opts.https_port, defaults)?;
+    let mqtt = listen::bind_mqtt(&addrs, opts.mqtt_port, defaults)?;
+
+    let state = Arc::new(api::AppState {
+        registry: registry::Registry::new(Arc::new(store)),
+        auth: auth::Authorizer::new(policies.clone(), auth_names),
+    });
+    let app = api::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
+
+    let handle = axum_server::Handle::new();
+    let rustls_config = axum_server::tls_rustls::RustlsConfig::from_config(https_tls);
+    let mut tasks = tokio::task::JoinSet::new();
+    for listener in https.listeners {
+        let server = axum_server::from_tcp_rustls(listener, rustls_config.clone()).handle(handle.clone());
+        let app = app.clone();
+        tasks.spawn(
+            async move { server.serve(app.into_make_service()).await.context("HTTPS listener failed") },
+        );
+    }
+    // The MQTT endpoint arrives with the next issue; until then the port is
+    // held so nothing else takes it, and connections are closed at once.
+    for listener in mqtt.listeners {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        tasks.spawn(async move {
+            loop {
+                let _ = listener.accept().await?;
+            }
+        });
+    }
+
+    let info = HubInfo {
+        pid: std::process::id(),
+        host_names: host_names.clone(),
+        https_port: https.port,
+        mqtt_port: mqtt.port,
+        ca_file: identity.ca_file.clone(),
+    };
+    info.write(dir).context("writing hub.json")?;
+    let owner = policies.iter().find(|p| p.key_name == "iothubowner").context("no iothubowner policy")?;
+    let cs = ConnectionString::for_policy(&host_names[0], &owner.key_name, &owner.primary_key);
+    println!("ready https={} mqtt={}", https.port, mqtt.port);
+    println!("{cs}");
+    tracing::info!(https = https.port, mqtt = mqtt.port, data_dir = %dir.display(), "hub ready");
+
+    let result = tokio::select! {
+        _ = shutdown_signal() => Ok(()),
+        Some(r) = tasks.join_next() => r.context("listener task panicked").and_then(|r| r),
+    };
+    tracing::info!("shutting down");
+    handle.graceful_shutdown(Some(Duration::from_secs(5)));
+    HubInfo::remove(dir);
+    tasks.abort_all();
+    result
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%e, "cannot watch SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

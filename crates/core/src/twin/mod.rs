@@ -1,1 +1,218 @@
-//! Twin documents (to be written).
+//! Device twins: the stored document, the service's PATCH/PUT, the device's
+//! reported patch, versions, etags, `$metadata` and IoT Hub's limits.
+//!
+//! Every operation validates and computes on copies first and commits only
+//! at the end, so a rejected operation leaves the twin untouched, and an
+//! operation that changes nothing bumps nothing (no version, etag or
+//! metadata change).
+//!
+//! Files: `body.rs` reads request bodies, `merge.rs` merges patches,
+//! `metadata.rs` derives `$metadata`, `section.rs` holds a desired/reported
+//! section, `limits.rs` checks keys, values, depth and sizes, `render.rs`
+//! produces the REST and MQTT JSON.
+
+mod body;
+pub mod limits;
+mod merge;
+mod metadata;
+mod render;
+mod section;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use section::{Section, SectionKind};
+
+use crate::error::{HubError, HubResult};
+use crate::time::Timestamp;
+
+/// A JSON object of twin properties (key order is kept).
+pub type Props = serde_json::Map<String, Value>;
+
+/// A twin as stored (the store saves it as JSON; these names are internal).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TwinState {
+    /// Service-only tags (no metadata, no version of their own).
+    pub tags: Props,
+    /// `properties.desired`.
+    pub desired: Section,
+    /// `properties.reported`.
+    pub reported: Section,
+    /// Root twin `version`: 1 when created, +1 per accepted change of any
+    /// kind (one PATCH touching tags and desired counts once).
+    pub version: i64,
+    /// Counter behind the twin etag; +1 whenever `version` moves.
+    pub etag_seq: u64,
+    /// `{configId: {"status": "Applied"|"Targeted"}}`, written by automatic
+    /// configurations; shown only when non-empty.
+    #[serde(default)]
+    pub configurations: Props,
+}
+
+/// What an accepted operation did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TwinChange {
+    /// Whether anything differs. `false` means nothing was bumped.
+    pub changed: bool,
+    /// When desired changed: the notification body for the device (the
+    /// desired-properties patch plus `"$version"`).
+    pub desired_patch: Option<Value>,
+}
+
+impl TwinChange {
+    const NONE: Self = Self { changed: false, desired_patch: None };
+}
+
+impl TwinState {
+    /// A fresh twin: no tags, empty sections at `$version` 1 stamped with
+    /// `now`, root version 1, etag sequence 1 (`AAAAAAAAAAE=`). Azure's
+    /// initial values are not documented (reference Unverified 5); starting
+    /// both at 1 keeps "0" free to mean "no twin" in callers.
+    pub fn new(now: Timestamp) -> Self {
+        Self {
+            tags: Props::new(),
+            desired: Section::new(now, SectionKind::Desired),
+            reported: Section::new(now, SectionKind::Reported),
+            version: 1,
+            etag_seq: 1,
+            configurations: Props::new(),
+        }
+    }
+
+    /// The twin etag: base64 of the 8-byte big-endian etag counter, the form
+    /// observed on Azure (`AAAAAAAAAAQ=` = 4).
+    ///
+    /// Decision (reference Unverified 4): the etag moves on every twin change,
+    /// reported patches included. A service holding an etag from before a
+    /// device report then gets 412 on a conditional write, which is the safe
+    /// side of an If-Match check.
+    pub fn etag(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.etag_seq.to_be_bytes())
+    }
+
+    /// `PATCH /twins/{id}`: `{"tags":{..}?, "properties":{"desired":{..}?}?}`.
+    ///
+    /// Tags and desired merge recursively (`null` deletes). Other top-level
+    /// fields a client echoes from a GET (`deviceId`, `etag`, `version`,
+    /// `status`, …) are ignored, as are `$metadata`/`$version` inside
+    /// desired. `properties.reported` with any property is 400
+    /// ArgumentInvalid: the service may not write reported properties.
+    /// Limits are checked before anything changes.
+    ///
+    /// The desired notification holds every key of the desired patch, even
+    /// ones whose value did not change (Azure forwards the patch, not a
+    /// diff), plus the new `$version`.
+    pub fn apply_service_patch(&mut self, body: &Value, now: Timestamp) -> HubResult<TwinChange> {
+        let body = body::service_body(body)?;
+        if body.reported_has_content {
+            return Err(HubError::invalid("properties.reported cannot be updated by the service"));
+        }
+        let tags = match &body.tags {
+            Some(patch) => Some(merged("tags", &self.tags, patch, limits::MAX_TAGS_SIZE)?),
+            None => None,
+        };
+        let desired = match &body.desired {
+            Some(patch) => {
+                Some(merged("properties.desired", &self.desired.props, patch, limits::MAX_DESIRED_SIZE)?)
+            }
+            None => None,
+        };
+        let notification = body.desired.unwrap_or_default();
+        Ok(self.commit(tags, desired, now, notification))
+    }
+
+    /// `PUT /twins/{id}`: tags and desired are replaced wholesale.
+    ///
+    /// Decision (reference Unverified: PUT with omitted tags): an omitted or
+    /// `null` `tags` or `properties.desired` means *empty*, so a PUT always
+    /// describes the whole service-writable twin. `properties.reported` in the
+    /// body is ignored (SDKs send back the whole twin they read), as are the
+    /// read-only fields and `$metadata`/`$version` inside desired. The new
+    /// documents are built by merging the body into an empty one, so a `null`
+    /// in a PUT means "absent" and stored documents never hold null
+    /// properties.
+    ///
+    /// The desired notification is the new desired plus `null` for every
+    /// removed key (at every level where old and new both hold an object),
+    /// plus the new `$version`, so a device merging it ends up with the new
+    /// desired.
+    pub fn replace(&mut self, body: &Value, now: Timestamp) -> HubResult<TwinChange> {
+        let body = body::service_body(body)?;
+        let empty = Props::new();
+        let tags = merged("tags", &empty, &body.tags.unwrap_or_default(), limits::MAX_TAGS_SIZE)?;
+        let desired = merged(
+            "properties.desired",
+            &empty,
+            &body.desired.unwrap_or_default(),
+            limits::MAX_DESIRED_SIZE,
+        )?;
+        let notification = merge::replacement_notification(&self.desired.props, &desired);
+        Ok(self.commit(Some(tags), Some(desired), now, notification))
+    }
+
+    /// A device's reported-properties patch (MQTT `$iothub/twin/PATCH/properties/reported/`):
+    /// recursive merge, `null` deletes, same limits as the service side.
+    /// On a change, reported `$version`, the root version and the etag each
+    /// move by one.
+    pub fn apply_reported_patch(&mut self, patch: &Value, now: Timestamp) -> HubResult<TwinChange> {
+        let patch = body::reported_patch(patch)?;
+        let reported =
+            merged("properties.reported", &self.reported.props, &patch, limits::MAX_REPORTED_SIZE)?;
+        if !self.reported.update(reported, now, SectionKind::Reported) {
+            return Ok(TwinChange::NONE);
+        }
+        self.bump();
+        Ok(TwinChange { changed: true, desired_patch: None })
+    }
+
+    /// Stores validated new tags/desired (`None` = not part of the
+    /// operation) and bumps what changed. `notification` is the desired patch
+    /// to send if desired changed.
+    fn commit(
+        &mut self,
+        tags: Option<Props>,
+        desired: Option<Props>,
+        now: Timestamp,
+        mut notification: Props,
+    ) -> TwinChange {
+        let tags_changed = tags.is_some_and(|t| {
+            let differs = t != self.tags;
+            if differs {
+                self.tags = t;
+            }
+            differs
+        });
+        let desired_changed = desired.is_some_and(|d| self.desired.update(d, now, SectionKind::Desired));
+        if !tags_changed && !desired_changed {
+            return TwinChange::NONE;
+        }
+        self.bump();
+        let desired_patch = desired_changed.then(|| {
+            notification.insert("$version".to_owned(), Value::from(self.desired.version));
+            Value::Object(notification)
+        });
+        TwinChange { changed: true, desired_patch }
+    }
+
+    /// One accepted change: root version and etag move by exactly one.
+    fn bump(&mut self) {
+        self.version += 1;
+        self.etag_seq += 1;
+    }
+}
+
+/// `current` with `patch` merged in, after checking the patch's keys, values
+/// and depth and the merged document's size. Validating the patch is enough
+/// for depth: the stored document already passed, and a merge puts each
+/// patch value at the same path it has in the patch.
+fn merged(path: &str, current: &Props, patch: &Props, max_size: usize) -> HubResult<Props> {
+    limits::validate_props(patch, path)?;
+    let mut out = current.clone();
+    merge::merge_into(&mut out, patch);
+    limits::check_size(&out, max_size, path)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

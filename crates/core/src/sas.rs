@@ -1,1 +1,0 @@
-//! SAS tokens and policies (to be written).

@@ -1,0 +1,81 @@
+//! `/devices`: the identity registry.
+
+use std::collections::HashMap;
+
+use axum::extract::{Query, State as AxState};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use ferrohub_core::identity::DeviceRequest;
+use ferrohub_core::sas::Permission;
+
+use super::body::JsonBody;
+use super::error::ApiResult;
+use super::{authorize, if_match, json, IdPath, State};
+use crate::bulk::{self, ExportImportDevice};
+use crate::registry::IfMatch;
+
+pub(super) async fn list(
+    AxState(state): AxState<State>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &[Permission::RegistryRead])?;
+    // Azure treats a missing or out-of-range `top` as 1000.
+    let top = query.get("top").and_then(|t| t.parse::<i64>().ok());
+    json(&state.registry.list_devices(top).await?)
+}
+
+pub(super) async fn get(
+    AxState(state): AxState<State>,
+    headers: HeaderMap,
+    IdPath(id): IdPath,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &[Permission::RegistryRead])?;
+    json(&state.registry.get_device(&id).await?)
+}
+
+/// Without If-Match this creates (Azure answers 200, not 201); with it, updates.
+pub(super) async fn put(
+    AxState(state): AxState<State>,
+    headers: HeaderMap,
+    IdPath(id): IdPath,
+    JsonBody(req): JsonBody<DeviceRequest>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &[Permission::RegistryWrite])?;
+    let device = match if_match(&headers)? {
+        IfMatch::Absent => state.registry.create_device(&id, req, None).await?,
+        cond => state.registry.update_device(&id, req, &cond).await?,
+    };
+    json(&device)
+}
+
+pub(super) async fn delete(
+    AxState(state): AxState<State>,
+    headers: HeaderMap,
+    IdPath(id): IdPath,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &[Permission::RegistryWrite])?;
+    // Every SDK sends If-Match on delete; a bare DELETE means "whatever it is".
+    let cond = match if_match(&headers)? {
+        IfMatch::Absent => IfMatch::Any,
+        c => c,
+    };
+    state.registry.delete_device(&id, &cond).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Bulk create/update/delete. Azure answers 400 with the result body when an
+/// entry failed.
+pub(super) async fn bulk(
+    AxState(state): AxState<State>,
+    headers: HeaderMap,
+    JsonBody(items): JsonBody<Vec<ExportImportDevice>>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &[Permission::RegistryWrite])?;
+    let result = bulk::apply(&state.registry, items).await?;
+    let mut response = json(&result)?;
+    if !result.is_successful {
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+    }
+    Ok(response)
+}

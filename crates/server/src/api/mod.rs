@@ -1,0 +1,138 @@
+//! The IoT Hub service REST API: same paths, verbs, JSON and errors as
+//! Azure, any `api-version` accepted.
+//!
+//! A request flows: TLS (axum-server) → router → [`auth`](crate::auth)
+//! checks the SAS token and the permission the route needs → the handler
+//! parses the body ([`body::JsonBody`], size-limited) → the
+//! [`Registry`](crate::registry::Registry) service layer → the store. Any
+//! failure is a [`HubError`] rendered by [`error::ApiError`].
+
+mod body;
+mod devices;
+pub mod error;
+mod stats;
+mod twins;
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Path};
+use axum::http::header::{CONTENT_TYPE, IF_MATCH};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use ferrohub_core::sas::Permission;
+use ferrohub_core::{ErrorCode, HubError};
+
+use crate::auth::Authorizer;
+use crate::registry::{IfMatch, Registry};
+use error::{ApiError, ApiResult};
+
+/// What every handler can reach.
+pub struct AppState {
+    /// Registry and twins.
+    pub registry: Registry,
+    /// SAS verification.
+    pub auth: Authorizer,
+}
+
+/// Shared handler state.
+pub type State = Arc<AppState>;
+
+/// The service API router.
+pub fn router(state: State) -> Router {
+    Router::new()
+        .route("/devices", get(devices::list).post(devices::bulk))
+        .route("/devices/{id}", get(devices::get).put(devices::put).delete(devices::delete))
+        .route("/twins/{id}", get(twins::get).patch(twins::patch).put(twins::replace))
+        .route("/statistics/devices", get(stats::devices))
+        .route("/statistics/service", get(stats::service))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError(HubError::new(ErrorCode::IotHubNotFound, "The requested resource does not exist"))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError(HubError::new(ErrorCode::InvalidOperation, "The HTTP method is not supported on this resource"))
+}
+
+/// A JSON response with the content type the Node SDK needs to parse it.
+pub(crate) fn json_response(body: &serde_json::Value) -> Response {
+    let mut r = body.to_string().into_response();
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    r
+}
+
+/// Serialises `value` as a JSON response.
+pub(crate) fn json<T: serde::Serialize>(value: &T) -> ApiResult<Response> {
+    let v = serde_json::to_value(value).map_err(|e| ApiError(HubError::internal(e.to_string())))?;
+    Ok(json_response(&v))
+}
+
+/// The `{id}` path segment, percent-decoded once, with Azure's error when it
+/// cannot be decoded.
+pub(crate) struct IdPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError(HubError::invalid(format!("Invalid id in the path: {e}"))))?;
+        Ok(Self(id))
+    }
+}
+
+/// Reads `If-Match`: absent, `*`, or an etag with or without quotes.
+pub(crate) fn if_match(headers: &HeaderMap) -> ApiResult<IfMatch> {
+    let Some(raw) = headers.get(IF_MATCH) else { return Ok(IfMatch::Absent) };
+    let text = raw
+        .to_str()
+        .map_err(|_| ApiError(HubError::invalid("The If-Match header is not valid text")))?
+        .trim();
+    let inner = match (text.strip_prefix('"'), text.strip_suffix('"')) {
+        (Some(_), Some(_)) if text.len() >= 2 => &text[1..text.len() - 1],
+        (None, None) => text,
+        _ => return Err(ApiError(HubError::invalid("The If-Match header has unbalanced quotes"))),
+    };
+    if inner.is_empty() || inner.contains('"') {
+        return Err(ApiError(HubError::invalid("The If-Match header is not a valid etag")));
+    }
+    Ok(if inner == "*" { IfMatch::Any } else { IfMatch::Etag(inner.to_owned()) })
+}
+
+/// Checks the request's SAS token for one of `needed`.
+pub(crate) fn authorize(state: &AppState, headers: &HeaderMap, needed: &[Permission]) -> ApiResult<()> {
+    let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    state.auth.authorize_service(header, needed).map_err(ApiError)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn headers(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(IF_MATCH, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn if_match_accepts_quoted_unquoted_and_star() {
+        assert_eq!(if_match(&HeaderMap::new()).unwrap(), IfMatch::Absent);
+        assert_eq!(if_match(&headers("*")).unwrap(), IfMatch::Any);
+        assert_eq!(if_match(&headers("\"*\"")).unwrap(), IfMatch::Any);
+        assert_eq!(if_match(&headers("\"MQ==\"")).unwrap(), IfMatch::Etag("MQ==".into()));
+        assert_eq!(if_match(&headers("MQ==")).unwrap(), IfMatch::Etag("MQ==".into()));
+        for bad in ["\"MQ==", "MQ==\"", "\"\"", "\"", "a\"b"] {
+            assert_eq!(if_match(&headers(bad)).unwrap_err().0.code, ErrorCode::ArgumentInvalid, "{bad}");
+        }
+    }
+}

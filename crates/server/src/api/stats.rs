@@ -1,0 +1,28 @@
+//! `/statistics`: registry and service statistics.
+
+use axum::extract::State as AxState;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use ferrohub_core::sas::Permission;
+use serde_json::json;
+
+use super::error::ApiResult;
+use super::{authorize, json_response, State};
+
+pub(super) async fn devices(AxState(state): AxState<State>, headers: HeaderMap) -> ApiResult<Response> {
+    authorize(&state, &headers, &[Permission::RegistryRead])?;
+    let c = state.registry.device_counts().await?;
+    Ok(json_response(&json!({
+        "totalDeviceCount": c.total,
+        "enabledDeviceCount": c.enabled,
+        "disabledDeviceCount": c.disabled,
+    })))
+}
+
+/// Decision: the sources name no permission for this; ServiceConnect or
+/// RegistryRead both suffice here.
+pub(super) async fn service(AxState(state): AxState<State>, headers: HeaderMap) -> ApiResult<Response> {
+    authorize(&state, &headers, &[Permission::ServiceConnect, Permission::RegistryRead])?;
+    // No MQTT endpoint yet (next issue), so no device is ever connected.
+    Ok(json_response(&json!({ "connectedDeviceCount": 0 })))
+}

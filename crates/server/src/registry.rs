@@ -1,0 +1,237 @@
+//! The service layer: registry and twin operations shared by the REST API
+//! (and, from the next issue on, the MQTT endpoint).
+//!
+//! Every write is read → compute with the pure core → conditional store
+//! write; a concurrent writer makes the store answer `Conflict` and the
+//! operation is recomputed from fresh state. Nothing is acknowledged before
+//! the store has committed it.
+
+use std::sync::Arc;
+
+use ferrohub_core::identity::{Device, DeviceRequest, Minted};
+use ferrohub_core::time::Timestamp;
+use ferrohub_core::twin::{TwinChange, TwinState};
+use ferrohub_core::{HubError, HubResult};
+use ferrohub_store::{DeviceCounts, DeviceRecord, Store, StoreError};
+use rand::Rng;
+use serde_json::Value;
+
+use crate::clock;
+
+/// How many times a write is recomputed after losing a race.
+const MAX_ATTEMPTS: usize = 16;
+
+/// An `If-Match` precondition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IfMatch {
+    /// No header: for `PUT /devices/{id}` this means "create".
+    Absent,
+    /// `*`: whatever the current etag is.
+    Any,
+    /// A specific etag (quotes stripped).
+    Etag(String),
+}
+
+impl IfMatch {
+    fn check(&self, current: &str) -> HubResult<()> {
+        match self {
+            Self::Etag(e) if e != current => Err(HubError::precondition_failed()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The registry and twins of one hub.
+#[derive(Clone)]
+pub struct Registry {
+    store: Arc<dyn Store>,
+}
+
+fn store_error(e: StoreError, device_id: &str) -> HubError {
+    match e {
+        StoreError::NotFound => HubError::device_not_found(device_id),
+        StoreError::AlreadyExists => HubError::new(
+            ferrohub_core::ErrorCode::DeviceAlreadyExists,
+            format!("A device with ID '{device_id}' is already registered"),
+        ),
+        StoreError::Conflict => HubError::precondition_failed(),
+        StoreError::Backend(detail) => {
+            tracing::error!(%detail, "store failure");
+            HubError::internal("The hub could not complete the operation")
+        }
+    }
+}
+
+/// A fresh random symmetric key: 32 bytes, base64 (what Azure issues).
+pub(crate) fn new_key() -> String {
+    use base64::Engine as _;
+    let bytes: [u8; 32] = rand::thread_rng().gen();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A fresh identity etag. Azure's are base64 text of a number; random
+/// numbers keep an etag from a deleted device from matching its successor.
+fn new_etag() -> String {
+    use base64::Engine as _;
+    let n: u64 = rand::thread_rng().gen_range(100_000_000..u64::MAX / 2);
+    base64::engine::general_purpose::STANDARD.encode(n.to_string())
+}
+
+fn new_generation_id() -> String {
+    rand::thread_rng().gen_range(100_000_000_000_000_000u64..1_000_000_000_000_000_000).to_string()
+}
+
+fn minted(now: Timestamp, key: &mut dyn FnMut() -> String) -> Minted<'_> {
+    Minted { now, etag: new_etag(), generation_id: new_generation_id(), new_key: key }
+}
+
+impl Registry {
+    /// A registry over a store.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
+    async fn load(&self, device_id: &str) -> HubResult<DeviceRecord> {
+        self.store
+            .get_device(device_id)
+            .await
+            .map_err(|e| store_error(e, device_id))?
+            .ok_or_else(|| HubError::device_not_found(device_id))
+    }
+
+    /// Creates a device, with an optional initial twin patch (bulk import)
+    /// applied before anything is stored, so a bad patch creates nothing.
+    /// 409 DeviceAlreadyExists if the id is taken.
+    pub async fn create_device(
+        &self,
+        device_id: &str,
+        req: DeviceRequest,
+        twin_patch: Option<&Value>,
+    ) -> HubResult<Device> {
+        let now = clock::now();
+        let device = Device::create(device_id, req, minted(now, &mut new_key))?;
+        let mut twin = TwinState::new(now);
+        if let Some(patch) = twin_patch {
+            twin.apply_service_patch(patch, now)?;
+        }
+        let record = DeviceRecord { device, twin, revision: 0 };
+        self.store.create_device(&record).await.map_err(|e| store_error(e, device_id))?;
+        tracing::info!(device_id, "device created");
+        Ok(record.device)
+    }
+
+    /// One device.
+    pub async fn get_device(&self, device_id: &str) -> HubResult<Device> {
+        Ok(self.load(device_id).await?.device)
+    }
+
+    /// Up to `top` devices (1–1000; anything else means 1000, as in Azure).
+    pub async fn list_devices(&self, top: Option<i64>) -> HubResult<Vec<Device>> {
+        let top = match top {
+            Some(n) if (1..=1000).contains(&n) => n as usize,
+            _ => 1000,
+        };
+        self.store.list_devices(top).await.map_err(|e| store_error(e, ""))
+    }
+
+    /// Updates a device's identity under an If-Match precondition.
+    pub async fn update_device(
+        &self,
+        device_id: &str,
+        req: DeviceRequest,
+        if_match: &IfMatch,
+    ) -> HubResult<Device> {
+        self.modify(device_id, |record| {
+            if_match.check(&record.device.etag)?;
+            let next = record.device.updated(req.clone(), minted(clock::now(), &mut new_key))?;
+            let changed = next != record.device;
+            record.device = next;
+            Ok(changed)
+        })
+        .await
+        .map(|r| r.device)
+    }
+
+    /// Deletes a device (and its twin) under an If-Match precondition.
+    pub async fn delete_device(&self, device_id: &str, if_match: &IfMatch) -> HubResult<()> {
+        for _ in 0..MAX_ATTEMPTS {
+            let record = self.load(device_id).await?;
+            if_match.check(&record.device.etag)?;
+            match self.store.delete_device(device_id, Some(record.revision)).await {
+                Ok(()) => {
+                    tracing::info!(device_id, "device deleted");
+                    return Ok(());
+                }
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(store_error(e, device_id)),
+            }
+        }
+        Err(HubError::new(
+            ferrohub_core::ErrorCode::ThrottlingException,
+            "Too much contention on this device",
+        ))
+    }
+
+    /// The twin as REST returns it.
+    pub async fn get_twin(&self, device_id: &str) -> HubResult<Value> {
+        let r = self.load(device_id).await?;
+        Ok(r.twin.to_json(&r.device))
+    }
+
+    /// `PATCH /twins/{id}`: merges tags and desired properties.
+    pub async fn patch_twin(&self, device_id: &str, body: &Value, if_match: &IfMatch) -> HubResult<Value> {
+        self.change_twin(device_id, if_match, |twin, now| twin.apply_service_patch(body, now)).await
+    }
+
+    /// `PUT /twins/{id}`: replaces tags and desired properties.
+    pub async fn replace_twin(&self, device_id: &str, body: &Value, if_match: &IfMatch) -> HubResult<Value> {
+        self.change_twin(device_id, if_match, |twin, now| twin.replace(body, now)).await
+    }
+
+    async fn change_twin(
+        &self,
+        device_id: &str,
+        if_match: &IfMatch,
+        apply: impl Fn(&mut TwinState, Timestamp) -> HubResult<TwinChange>,
+    ) -> HubResult<Value> {
+        let record = self
+            .modify(device_id, |record| {
+                if_match.check(&record.twin.etag())?;
+                Ok(apply(&mut record.twin, clock::now())?.changed)
+            })
+            .await?;
+        Ok(record.twin.to_json(&record.device))
+    }
+
+    /// Read → `change` → conditional write, retried on lost races. `change`
+    /// returns whether it changed anything; unchanged records are not written.
+    async fn modify(
+        &self,
+        device_id: &str,
+        mut change: impl FnMut(&mut DeviceRecord) -> HubResult<bool>,
+    ) -> HubResult<DeviceRecord> {
+        for _ in 0..MAX_ATTEMPTS {
+            let mut record = self.load(device_id).await?;
+            if !change(&mut record)? {
+                return Ok(record);
+            }
+            match self.store.update_device(&record).await {
+                Ok(()) => {
+                    record.revision += 1;
+                    return Ok(record);
+                }
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(store_error(e, device_id)),
+            }
+        }
+        Err(HubError::new(
+            ferrohub_core::ErrorCode::ThrottlingException,
+            "Too much contention on this device",
+        ))
+    }
+
+    /// Registry statistics.
+    pub async fn device_counts(&self) -> HubResult<DeviceCounts> {
+        self.store.device_counts().await.map_err(|e| store_error(e, ""))
+    }
+}

@@ -1,0 +1,310 @@
+//! The embedded SQLite backend: one file in the data dir, nothing to install.
+//!
+//! SQLite allows one writer at a time, so writes go through a single
+//! connection; reads use a small pool of their own connections, which WAL
+//! mode lets run beside the writer. Every call runs on tokio's blocking pool
+//! so the async runtime never waits on disk. `synchronous=FULL` makes each
+//! commit durable before it returns, which is what lets the API acknowledge a
+//! write only after it is safe (SIGKILL or power loss).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use ferrohub_core::identity::Device;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::{migrations, status_text, DeviceCounts, DeviceRecord, Store, StoreError, StoreResult};
+
+const READERS: usize = 4;
+
+/// SQLite implementation of [`Store`].
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn configure(conn: &Connection) -> StoreResult<()> {
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
+    conn.pragma_update(None, "foreign_keys", "ON").map_err(backend)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up
+    /// to date.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        let mut writer = Connection::open(path).map_err(backend)?;
+        configure(&writer)?;
+        migrations::migrate(&mut writer)?;
+        let readers = (0..READERS)
+            .map(|_| {
+                let c = Connection::open_with_flags(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(backend)?;
+                c.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
+                Ok(Mutex::new(c))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(Self {
+            inner: Arc::new(Inner { writer: Mutex::new(writer), readers, next_reader: AtomicUsize::new(0) }),
+        })
+    }
+
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let i = inner.next_reader.fetch_add(1, Ordering::Relaxed) % inner.readers.len();
+            let conn = inner.readers[i].lock().map_err(|_| backend("reader lock poisoned"))?;
+            f(&conn)
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock().map_err(|_| backend("writer lock poisoned"))?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(backend)?
+    }
+}
+
+fn decode_record(identity: String, twin: String, revision: i64) -> StoreResult<DeviceRecord> {
+    Ok(DeviceRecord {
+        device: serde_json::from_str(&identity).map_err(backend)?,
+        twin: serde_json::from_str(&twin).map_err(backend)?,
+        revision,
+    })
+}
+
+fn encode(record: &DeviceRecord) -> StoreResult<(String, String)> {
+    Ok((
+        serde_json::to_string(&record.device).map_err(backend)?,
+        serde_json::to_string(&record.twin).map_err(backend)?,
+    ))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn get_device(&self, device_id: &str) -> StoreResult<Option<DeviceRecord>> {
+        let id = device_id.to_owned();
+        self.read(move |c| {
+            let row = c
+                .query_row(
+                    "SELECT identity, twin, revision FROM devices WHERE device_id = ?1",
+                    params![id],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            row.map(|(i, t, rev)| decode_record(i, t, rev)).transpose()
+        })
+        .await
+    }
+
+    async fn list_devices(&self, limit: usize) -> StoreResult<Vec<Device>> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached("SELECT identity FROM devices ORDER BY device_id LIMIT ?1")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![limit as i64], |r| r.get::<_, String>(0))
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            rows.iter().map(|s| serde_json::from_str(s).map_err(backend)).collect()
+        })
+        .await
+    }
+
+    async fn create_device(&self, record: &DeviceRecord) -> StoreResult<()> {
+        let (identity, twin) = encode(record)?;
+        let id = record.device.device_id.clone();
+        let status = status_text(record.device.status);
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "INSERT INTO devices (device_id, revision, status, identity, twin) VALUES (?1, 1, ?2, ?3, ?4)
+                     ON CONFLICT (device_id) DO NOTHING",
+                    params![id, status, identity, twin],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                Err(StoreError::AlreadyExists)
+            } else {
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    async fn update_device(&self, record: &DeviceRecord) -> StoreResult<()> {
+        let (identity, twin) = encode(record)?;
+        let id = record.device.device_id.clone();
+        let status = status_text(record.device.status);
+        let expected = record.revision;
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE devices SET revision = revision + 1, status = ?2, identity = ?3, twin = ?4
+                     WHERE device_id = ?1 AND revision = ?5",
+                    params![id, status, identity, twin, expected],
+                )
+                .map_err(backend)?;
+            if n == 1 {
+                return Ok(());
+            }
+            let exists = c
+                .query_row("SELECT 1 FROM devices WHERE device_id = ?1", params![id], |_| Ok(()))
+                .optional()
+                .map_err(backend)?;
+            Err(if exists.is_some() { StoreError::Conflict } else { StoreError::NotFound })
+        })
+        .await
+    }
+
+    async fn delete_device(&self, device_id: &str, expected_revision: Option<i64>) -> StoreResult<()> {
+        let id = device_id.to_owned();
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "DELETE FROM devices WHERE device_id = ?1 AND (?2 IS NULL OR revision = ?2)",
+                    params![id, expected_revision],
+                )
+                .map_err(backend)?;
+            if n == 1 {
+                return Ok(());
+            }
+            let exists = c
+                .query_row("SELECT 1 FROM devices WHERE device_id = ?1", params![id], |_| Ok(()))
+                .optional()
+                .map_err(backend)?;
+            Err(if exists.is_some() { StoreError::Conflict } else { StoreError::NotFound })
+        })
+        .await
+    }
+
+    async fn device_counts(&self) -> StoreResult<DeviceCounts> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(status = 'enabled'), 0), COALESCE(SUM(status = 'disabled'), 0) FROM devices",
+                [],
+                |r| {
+                    Ok(DeviceCounts {
+                        total: r.get::<_, i64>(0)? as u64,
+                        enabled: r.get::<_, i64>(1)? as u64,
+                        disabled: r.get::<_, i64>(2)? as u64,
+                    })
+                },
+            )
+            .map_err(backend)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use ferrohub_core::identity::{DeviceRequest, DeviceStatus, Minted};
+    use ferrohub_core::time::Timestamp;
+    use ferrohub_core::twin::TwinState;
+
+    fn record(id: &str) -> DeviceRecord {
+        let now = Timestamp::from_unix_nanos(1_700_000_000_000_000_000);
+        let mut key = || "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_owned();
+        let device = Device::create(
+            id,
+            DeviceRequest::default(),
+            Minted { now, etag: "MQ==".into(), generation_id: "1".into(), new_key: &mut key },
+        )
+        .unwrap();
+        DeviceRecord { device, twin: TwinState::new(now), revision: 1 }
+    }
+
+    fn open() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("hub.db")).unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn create_get_list_and_refuse_duplicates() {
+        let (_d, s) = open();
+        s.create_device(&record("b")).await.unwrap();
+        s.create_device(&record("a")).await.unwrap();
+        assert!(matches!(s.create_device(&record("a")).await, Err(StoreError::AlreadyExists)));
+        let got = s.get_device("a").await.unwrap().unwrap();
+        assert_eq!(got.device.device_id, "a");
+        assert_eq!(got.revision, 1);
+        let ids: Vec<_> = s.list_devices(10).await.unwrap().into_iter().map(|d| d.device_id).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(s.list_devices(1).await.unwrap().len(), 1);
+        assert!(s.get_device("zz").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn updates_are_optimistic() {
+        let (_d, s) = open();
+        s.create_device(&record("a")).await.unwrap();
+        let mut r = s.get_device("a").await.unwrap().unwrap();
+        r.device.status = DeviceStatus::Disabled;
+        s.update_device(&r).await.unwrap();
+        // The same stale revision again is a conflict, and changes nothing.
+        r.device.status = DeviceStatus::Enabled;
+        assert!(matches!(s.update_device(&r).await, Err(StoreError::Conflict)));
+        let now = s.get_device("a").await.unwrap().unwrap();
+        assert_eq!(now.revision, 2);
+        assert_eq!(now.device.status, DeviceStatus::Disabled);
+        let counts = s.device_counts().await.unwrap();
+        assert_eq!(counts, DeviceCounts { total: 1, enabled: 0, disabled: 1 });
+        let mut ghost = record("ghost");
+        ghost.revision = 1;
+        assert!(matches!(s.update_device(&ghost).await, Err(StoreError::NotFound)));
+    }
+
+    #[tokio::test]
+    async fn deletes_check_revision_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.create_device(&record("a")).await.unwrap();
+            s.create_device(&record("b")).await.unwrap();
+            assert!(matches!(s.delete_device("a", Some(7)).await, Err(StoreError::Conflict)));
+            s.delete_device("a", Some(1)).await.unwrap();
+            assert!(matches!(s.delete_device("a", None).await, Err(StoreError::NotFound)));
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert!(s.get_device("a").await.unwrap().is_none());
+        assert!(s.get_device("b").await.unwrap().is_some());
+    }
+}
