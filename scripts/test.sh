@@ -20,10 +20,14 @@
 #   CARGO_TARGET_DIR        build directory (default ~/.cache/ferrohub/target,
 #                           outside the clone so a fresh clone builds fast)
 #   FERROHUB_CACHE_DIR      cache for the Python virtualenv (default ~/.cache/ferrohub)
+#   FERROHUB_BIN            the ferrohub binary the compatibility suites run
+#                           (default: the debug build this script makes)
 #   FERROHUB_READY_TIMEOUT  seconds to wait for the hub's ready line (default 120)
 #   FERROHUB_SUITE_TIMEOUT  seconds each compatibility suite may take (default 600)
 #   RUST_LOG                the hub's log filter (default info,tower_http=debug)
 
+# Functions run through `step` and traps look unreachable to shellcheck.
+# shellcheck disable=SC2317
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,7 +41,7 @@ HTTPS_PORT=443
 MQTT_PORT=8883
 NODE_DIR="$ROOT/compat/node"
 PY_DIR="$ROOT/compat/python"
-BIN="$CARGO_TARGET_DIR/debug/ferrohub"
+BIN="${FERROHUB_BIN:-$CARGO_TARGET_DIR/debug/ferrohub}"
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 export PYTHONDONTWRITEBYTECODE=1
@@ -244,15 +248,15 @@ start_hub() {
   local env_lines
   env_lines="$("$BIN" env --data-dir "$HUB_DATA")" || { log "ferrohub env failed" >&2; return 1; }
   eval "$env_lines"
-  local var missing=0
+  local var absent=0
   for var in IOTHUB_CONNECTION_STRING NODE_EXTRA_CA_CERTS REQUESTS_CA_BUNDLE SSL_CERT_FILE \
     FERROHUB_HTTPS_PORT FERROHUB_MQTT_PORT FERROHUB_CA; do
     if [[ -z "${!var:-}" ]]; then
       log "ferrohub env did not export $var" >&2
-      missing=1
+      absent=1
     fi
   done
-  ((missing == 0)) || return 1
+  ((absent == 0)) || return 1
   log "ferrohub env: HostName=$(sed -n 's/.*HostName=\([^;]*\).*/\1/p' <<<"$IOTHUB_CONNECTION_STRING"), CA $FERROHUB_CA"
 }
 

@@ -139,9 +139,9 @@ impl SasToken {
         }
     }
 
-    /// Whether `sig` is the HMAC-SHA256, under `key_base64`, of the raw `sr`
-    /// + `"\n"` + raw `se`. Compares in constant time. A key that is empty or
-    /// not base64 verifies nothing.
+    /// Whether `sig` is the HMAC-SHA256, under `key_base64`, of
+    /// `{raw sr}\n{raw se}`. Compares in constant time. A key that is empty
+    /// or not base64 verifies nothing.
     pub fn verify(&self, key_base64: &str) -> bool {
         let Ok(key) = BASE64.decode(key_base64) else { return false };
         if key.is_empty() {

@@ -110,7 +110,7 @@ fn validate_value(value: &Value, path: &str, level: usize) -> HubResult<()> {
             }
         }
         Value::Object(o) => {
-            if level > MAX_DEPTH {
+            if level + 1 > MAX_DEPTH {
                 return Err(HubError::invalid(format!(
                     "'{path}' nests objects deeper than {MAX_DEPTH} levels"
                 )));
