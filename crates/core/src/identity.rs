@@ -352,6 +352,7 @@ impl Device {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn minted(keys: &mut dyn FnMut() -> String) -> Minted<'_> {

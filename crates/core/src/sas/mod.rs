@@ -6,8 +6,8 @@
 //! decides. Every failure is a 401 `IotHubUnauthorizedAccess` whose message
 //! names the check that failed; nothing here panics on client input.
 //!
-//! - [`policy`]-level types: [`Permission`], [`Rights`], [`SharedAccessPolicy`].
-//! - [`token`]-level types: [`SasToken`], [`generate_token`].
+//! Policies and rights live in `policy.rs`; token parsing, signing and scope
+//! rules in `token.rs`; this file joins them into [`authorize`].
 
 mod policy;
 mod token;

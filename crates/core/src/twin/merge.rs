@@ -22,7 +22,7 @@ pub(super) fn merge_into(target: &mut Props, patch: &Props) {
     for (key, value) in patch {
         match value {
             Value::Null => {
-                target.remove(key);
+                target.shift_remove(key);
             }
             Value::Object(sub) => match target.get_mut(key) {
                 Some(Value::Object(existing)) => merge_into(existing, sub),
