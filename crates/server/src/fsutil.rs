@@ -33,3 +33,12 @@ pub(crate) fn create_private_dir(path: &Path) -> std::io::Result<()> {
     }
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
 }
+
+/// Creates an empty owner-only file if none exists.
+pub(crate) fn touch_private(path: &Path) -> std::io::Result<()> {
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}

@@ -36,6 +36,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let dir = &opts.data_dir;
     fsutil::create_private_dir(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
 
+    // The database holds device keys: create it owner-only before SQLite
+    // does (SQLite gives its WAL files the main file's mode).
+    fsutil::touch_private(&dir.join(DB_FILE))?;
     let store =
         SqliteStore::open(&dir.join(DB_FILE)).map_err(|e| anyhow::anyhow!("opening the store: {e}"))?;
     let policies = policies::load_or_create(dir)?;

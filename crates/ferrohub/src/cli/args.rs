@@ -94,7 +94,13 @@ pub(crate) struct Common {
     pub(crate) data_dir: Option<PathBuf>,
     /// A hub connection string (HostName=..;SharedAccessKeyName=..;SharedAccessKey=..)
     /// to use instead of the data dir's iothubowner policy.
-    #[arg(long, short = 'l', env = "IOTHUB_CONNECTION_STRING", hide_env_values = true, value_name = "CONNECTION_STRING")]
+    #[arg(
+        long,
+        short = 'l',
+        env = "IOTHUB_CONNECTION_STRING",
+        hide_env_values = true,
+        value_name = "CONNECTION_STRING"
+    )]
     pub(crate) login: Option<String>,
     /// HTTPS port of the hub.
     #[arg(long, env = "FERROHUB_HTTPS_PORT", value_name = "PORT")]

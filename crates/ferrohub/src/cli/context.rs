@@ -317,7 +317,10 @@ mod tests {
         let flags =
             EndpointFlags { https_port: Some(1), mqtt_port: None, ca: Some(PathBuf::from("/my/ca.pem")) };
         let mixed = resolve_endpoint("localhost", flags, Some(&h), dir);
-        assert_eq!(mixed, Endpoint { https_port: 1, mqtt_port: 48883, ca: Some(PathBuf::from("/my/ca.pem")) });
+        assert_eq!(
+            mixed,
+            Endpoint { https_port: 1, mqtt_port: 48883, ca: Some(PathBuf::from("/my/ca.pem")) }
+        );
         let other_host = resolve_endpoint("elsewhere.example", EndpointFlags::default(), Some(&h), dir);
         assert_eq!(other_host, Endpoint { https_port: 443, mqtt_port: 8883, ca: None });
     }

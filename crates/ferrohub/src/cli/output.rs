@@ -87,7 +87,8 @@ fn table_row(item: &Value) -> Vec<(String, String, bool)> {
         Value::Object(map) => sorted(map)
             .into_iter()
             .filter(|(k, v)| {
-                !TABLE_SKIP_KEYS.contains(&k.as_str()) && !matches!(v, Value::Null | Value::Array(_) | Value::Object(_))
+                !TABLE_SKIP_KEYS.contains(&k.as_str())
+                    && !matches!(v, Value::Null | Value::Array(_) | Value::Object(_))
             })
             .map(|(k, v)| (capitalize_first(k), python_str(v), v.is_number()))
             .collect(),

@@ -1,0 +1,103 @@
+//! The `ferrohub` command line: one module per command group.
+//!
+//! - [`args`]: the clap definitions (the az shape).
+//! - [`context`]: which hub, as whom, on which port, trusting which CA.
+//! - [`output`]: az's json/table/tsv rendering.
+//! - [`serve`], [`device_identity`], [`device_twin`], [`hub`]: the commands.
+
+pub(crate) mod args;
+pub(crate) mod context;
+pub(crate) mod device_identity;
+pub(crate) mod device_twin;
+pub(crate) mod generic_update;
+pub(crate) mod hub;
+pub(crate) mod output;
+pub(crate) mod serve;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use serde::Serialize;
+
+use args::{Cli, Command, ConnectionStringCommand};
+use context::Context;
+
+/// What a command produced.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Nothing to print (e.g. delete).
+    Nothing,
+    /// Text, already formatted.
+    Text(String),
+}
+
+impl Outcome {
+    /// A result rendered in the context's `--output` format.
+    pub(crate) fn value<T: Serialize + ?Sized>(ctx: &Context, value: &T) -> anyhow::Result<Self> {
+        let value = serde_json::to_value(value)?;
+        Ok(Self::Text(output::render(&value, ctx.output)))
+    }
+}
+
+/// Parses the command line, runs the command, prints its result or a
+/// one-line `ERROR: ...`, and returns the exit code.
+pub(crate) fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(Outcome::Nothing) => ExitCode::SUCCESS,
+        Ok(Outcome::Text(text)) => {
+            let mut stdout = std::io::stdout().lock();
+            // A closed pipe (`ferrohub ... | head`) is not an error worth a message.
+            let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ERROR: {}", describe(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    if let Command::Serve(args) = cli.command {
+        serve::run(args)?;
+        return Ok(Outcome::Nothing);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(dispatch(cli.command))
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<Outcome> {
+    match command {
+        Command::Serve(_) => unreachable!("handled before the runtime starts"),
+        Command::DeviceIdentity(c) => device_identity::run(c).await,
+        Command::DeviceTwin(c) => device_twin::run(c).await,
+        Command::ConnectionString(ConnectionStringCommand::Show(a)) | Command::ShowConnectionString(a) => {
+            hub::connection_string(a)
+        }
+        Command::GenerateSasToken(a) => hub::generate_sas_token(a).await,
+        Command::Env(common) => hub::env(&common),
+        Command::Healthcheck(common) => hub::healthcheck(&common).await,
+    }
+}
+
+/// One line for an error: the message chain, except that a transport
+/// failure shows only its root cause (reqwest's chain repeats the URL) plus a
+/// hint.
+fn describe(e: &anyhow::Error) -> String {
+    let text = match e.downcast_ref::<ferrohub_service_client::Error>() {
+        Some(transport @ ferrohub_service_client::Error::Transport { .. }) => {
+            let mut root: &dyn std::error::Error = transport;
+            while let Some(next) = root.source() {
+                root = next;
+            }
+            format!(
+                "{transport}: {root} (is `ferrohub serve` running? check --https-port/FERROHUB_HTTPS_PORT \
+                 and --ca/FERROHUB_CA)"
+            )
+        }
+        _ => format!("{e:#}"),
+    };
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}

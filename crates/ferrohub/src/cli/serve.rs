@@ -1,0 +1,52 @@
+//! `ferrohub serve`: flags → [`ServeOptions`] → [`ferrohub_server::serve`].
+
+use ferrohub_server::ServeOptions;
+use tracing_subscriber::EnvFilter;
+
+use super::args::ServeArgs;
+use super::context;
+
+/// The server's options from the command line.
+pub(crate) fn options(args: ServeArgs) -> anyhow::Result<ServeOptions> {
+    Ok(ServeOptions {
+        data_dir: context::data_dir(args.data_dir.as_deref())?,
+        host_names: args.host_names,
+        https_port: args.https_port,
+        mqtt_port: args.mqtt_port,
+        bind: args.bind,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+    })
+}
+
+/// Runs the hub until SIGINT/SIGTERM. Logs go to stderr (filter from
+/// `RUST_LOG`, default `info`); stdout carries only the ready line and the
+/// owner connection string.
+pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let opts = options(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(ferrohub_server::serve(opts))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::cli::args::{Cli, Command};
+    use clap::Parser;
+
+    #[test]
+    fn unset_ports_stay_none_so_the_server_picks_its_defaults() {
+        let cli = Cli::try_parse_from(["ferrohub", "serve", "--data-dir", "some/dir", "--https-port", "0"])
+            .unwrap();
+        let Command::Serve(args) = cli.command else { panic!("wrong command") };
+        let opts = options(args).unwrap();
+        assert_eq!(opts.https_port, Some(0));
+        assert_eq!(opts.data_dir, std::path::PathBuf::from("some/dir"));
+        if std::env::var_os("FERROHUB_MQTT_PORT").is_none() {
+            assert_eq!(opts.mqtt_port, None);
+        }
+    }
+}
