@@ -260,11 +260,13 @@ start_hub() {
   log "ferrohub env: HostName=$(sed -n 's/.*HostName=\([^;]*\).*/\1/p' <<<"$IOTHUB_CONNECTION_STRING"), CA $FERROHUB_CA"
 }
 
+# The hub's output for a failure report: colour codes stripped, keys hidden.
 show_hub_log() {
+  local clean='s/\x1b\[[0-9;]*m//g; s/(SharedAccessKey=)[^;[:space:]]+/\1<hidden>/g'
   log "--- ferrohub serve stdout (last 50 lines) ---"
-  tail -n 50 "$HUB_OUT" 2>/dev/null || true
+  tail -n 50 "$HUB_OUT" 2>/dev/null | sed -E "$clean" || true
   log "--- ferrohub serve stderr (last 200 lines) ---"
-  tail -n 200 "$HUB_ERR" 2>/dev/null || true
+  tail -n 200 "$HUB_ERR" 2>/dev/null | sed -E "$clean" || true
   log "--- end of ferrohub serve output ---"
 }
 

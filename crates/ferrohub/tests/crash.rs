@@ -53,8 +53,9 @@ async fn acknowledged_writes_survive_sigkill() {
     for round in 0..3 {
         let progress = Arc::new(Notify::new());
         let c = client(&hub);
-        let writers: Vec<_> =
-            (0..4).map(|w| tokio::spawn(writer(c.clone(), round, w, acks.clone(), progress.clone()))).collect();
+        let writers: Vec<_> = (0..4)
+            .map(|w| tokio::spawn(writer(c.clone(), round, w, acks.clone(), progress.clone())))
+            .collect();
         // Kill once this round has some acknowledged writes, with writers
         // still in flight.
         let start = acks.lock().unwrap().len();
@@ -69,7 +70,8 @@ async fn acknowledged_writes_survive_sigkill() {
         let c = client(&hub);
         let all = acks.lock().unwrap().clone();
         for ack in &all {
-            let twin = c.get_twin(&ack.device_id).await.unwrap_or_else(|e| panic!("{} lost: {e}", ack.device_id));
+            let twin =
+                c.get_twin(&ack.device_id).await.unwrap_or_else(|e| panic!("{} lost: {e}", ack.device_id));
             if let Some(seq) = ack.tag {
                 let stored = twin["tags"]["seq"].as_u64().unwrap_or(0);
                 assert!(stored >= seq, "{}: acknowledged seq {seq}, stored {stored}", ack.device_id);

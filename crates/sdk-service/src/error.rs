@@ -76,10 +76,10 @@ struct ErrorBody {
     message: Option<String>,
 }
 
+/// The newer form's `Message`, itself JSON. It carries only the numeric
+/// code; the name comes from the `iothub-errorcode` header.
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct InnerError {
-    error_code: Option<serde_json::Value>,
     message: Option<String>,
 }
 
@@ -98,9 +98,6 @@ fn parse_error_body(body: &str) -> (Option<String>, String) {
         };
     }
     if let Ok(inner) = serde_json::from_str::<InnerError>(&message) {
-        // The newer form carries only the numeric code; the name comes from
-        // the `iothub-errorcode` header.
-        let _ = inner.error_code;
         return (None, inner.message.unwrap_or_default());
     }
     (None, message)

@@ -162,9 +162,8 @@ async fn list_honours_top_and_ids_are_percent_decoded() {
     }
     let got = api.call("GET", "/devices/c%3Ad%241", None, None).await;
     assert_eq!(got.body["deviceId"], "c:d$1");
-    let two = api.call("GET", "/devices?top=2", None, None).await;
-    // `top` rides on the same query string as api-version.
-    assert_eq!(two.status, StatusCode::OK);
+    let slash = api.call("GET", "/devices/", None, None).await;
+    assert_eq!(slash.body.as_array().unwrap().len(), 3, "the Node SDK lists at /devices/");
     let all = api
         .send(
             Request::get("/devices?top=2&api-version=2021-04-12")

@@ -124,8 +124,11 @@ pub(crate) struct Common {
 #[allow(dead_code)] // parsed to be accepted, never read
 pub(crate) struct AzIgnored {
     /// Ignored (az's IoT Hub name).
-    #[arg(long = "hub-name", short = 'n', visible_alias = "name", value_name = "NAME")]
+    #[arg(long = "hub-name", short = 'n', value_name = "NAME")]
     hub_name: Option<String>,
+    /// Ignored (az's resource name).
+    #[arg(long = "name", value_name = "NAME")]
+    name: Option<String>,
     /// Ignored (az's resource group).
     #[arg(long = "resource-group", short = 'g', value_name = "GROUP")]
     resource_group: Option<String>,

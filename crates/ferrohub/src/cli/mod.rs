@@ -84,18 +84,21 @@ async fn dispatch(command: Command) -> anyhow::Result<Outcome> {
 
 /// One line for an error: the message chain, except that a transport
 /// failure shows only its root cause (reqwest's chain repeats the URL) plus a
-/// hint.
+/// hint at the usual remedy.
 fn describe(e: &anyhow::Error) -> String {
     let text = match e.downcast_ref::<ferrohub_service_client::Error>() {
-        Some(transport @ ferrohub_service_client::Error::Transport { .. }) => {
+        Some(transport @ ferrohub_service_client::Error::Transport { url, .. }) => {
             let mut root: &dyn std::error::Error = transport;
             while let Some(next) = root.source() {
                 root = next;
             }
-            format!(
-                "{transport}: {root} (is `ferrohub serve` running? check --https-port/FERROHUB_HTTPS_PORT \
-                 and --ca/FERROHUB_CA)"
-            )
+            let root = root.to_string();
+            let hint = if root.to_lowercase().contains("certificate") {
+                "trust the hub's CA with --ca FILE or FERROHUB_CA, e.g. DIR/ca.pem of a local hub"
+            } else {
+                "is `ferrohub serve` running? check --https-port or FERROHUB_HTTPS_PORT"
+            };
+            format!("cannot reach the hub at {url}: {root} ({hint})")
         }
         _ => format!("{e:#}"),
     };

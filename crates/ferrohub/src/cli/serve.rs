@@ -1,5 +1,7 @@
 //! `ferrohub serve`: flags → [`ServeOptions`] → [`ferrohub_server::serve`].
 
+use std::io::IsTerminal as _;
+
 use ferrohub_server::ServeOptions;
 use tracing_subscriber::EnvFilter;
 
@@ -24,7 +26,9 @@ pub(crate) fn options(args: ServeArgs) -> anyhow::Result<ServeOptions> {
 /// owner connection string.
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colours only for a person watching; not in files or journald.
+    let ansi = std::io::stderr().is_terminal();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
     let opts = options(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(ferrohub_server::serve(opts))

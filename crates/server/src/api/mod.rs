@@ -44,6 +44,8 @@ pub type State = Arc<AppState>;
 pub fn router(state: State) -> Router {
     Router::new()
         .route("/devices", get(devices::list).post(devices::bulk))
+        // The Node service SDK lists with a trailing slash.
+        .route("/devices/", get(devices::list).post(devices::bulk))
         .route("/devices/{id}", get(devices::get).put(devices::put).delete(devices::delete))
         .route("/twins/{id}", get(twins::get).patch(twins::patch).put(twins::replace))
         .route("/statistics/devices", get(stats::devices))
