@@ -6,6 +6,7 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::TestHub;
@@ -71,6 +72,10 @@ impl Raw {
     }
 }
 
+/// method, path, Authorization, headers, body, expected status and code.
+type Case<'a> =
+    (Method, &'a str, Option<String>, Vec<(&'a str, &'a str)>, Option<reqwest::Body>, u16, &'a str);
+
 #[tokio::test]
 async fn bad_inputs_over_https_get_azure_errors_and_the_hub_keeps_serving() {
     let hub = TestHub::start();
@@ -81,11 +86,7 @@ async fn bad_inputs_over_https_get_azure_errors_and_the_hub_keeps_serving() {
     assert_eq!(s, StatusCode::OK);
     let (_, _, twin_before) = raw.send(Method::GET, "/twins/keep", t(), &[], None).await;
 
-    let huge = format!("{{\"tags\":{{\"a\":\"{}\"}}}}", "x".repeat(400_000));
-    // A body streamed without Content-Length must be cut off too.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..100).map(|_| Ok(vec![b' '; 10_000])).collect();
-    let streamed = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
-    let cases: Vec<(Method, &str, Option<String>, Vec<(&str, &str)>, Option<reqwest::Body>, u16, &str)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (Method::PATCH, "/twins/keep", t(), vec![], Some("{oops".into()), 400, "IotHubFormatError"),
         (
             Method::PUT,
@@ -96,8 +97,6 @@ async fn bad_inputs_over_https_get_azure_errors_and_the_hub_keeps_serving() {
             400,
             "IotHubFormatError",
         ),
-        (Method::PATCH, "/twins/keep", t(), vec![], Some(huge.into()), 413, "MessageTooLarge"),
-        (Method::PATCH, "/twins/keep", t(), vec![], Some(streamed), 413, "MessageTooLarge"),
         (Method::PUT, "/devices/has%20space", t(), vec![], Some("{}".into()), 400, "ArgumentInvalid"),
         (
             Method::PATCH,
@@ -159,4 +158,79 @@ async fn bad_inputs_over_https_get_azure_errors_and_the_hub_keeps_serving() {
     assert_eq!(device_after, created);
     let (_, _, twin_after) = raw.send(Method::GET, "/twins/keep", t(), &[], None).await;
     assert_eq!(twin_after, twin_before);
+}
+
+/// Sends `head` over TLS, then up to `body_bytes` of body in the background,
+/// and returns the response head. The hub answers an oversized request
+/// without reading its body, so writes may fail: that is the point.
+fn raw_exchange(hub: &TestHub, head: String, body_bytes: usize, chunked: bool) -> String {
+    let ca = std::fs::read(hub.ca_file()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let sock = std::net::TcpStream::connect(("127.0.0.1", hub.https_port())).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(head.as_bytes()).unwrap();
+    let chunk = vec![b' '; 16 * 1024];
+    let mut sent = 0;
+    while sent < body_bytes {
+        let r = if chunked {
+            write!(tls, "{:x}\r\n", chunk.len())
+                .and_then(|_| tls.write_all(&chunk))
+                .and_then(|_| tls.write_all(b"\r\n"))
+        } else {
+            tls.write_all(&chunk)
+        };
+        if r.is_err() {
+            break;
+        }
+        sent += chunk.len();
+        // Stop early once the hub has answered (it will not read the rest).
+        if !chunked && sent >= 16 * 1024 {
+            break;
+        }
+    }
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tls.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused_with_413_and_nothing_changes() {
+    let hub = TestHub::start();
+    let raw = Raw::new(&hub);
+    let (s, _, _) = raw.send(Method::PUT, "/devices/big", Some(raw.token()), &[], Some("{}".into())).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, _, before) = raw.send(Method::GET, "/twins/big", Some(raw.token()), &[], None).await;
+    let token = raw.token();
+    // Declared too large: answered from the headers, before any body byte.
+    let declared = format!(
+        "PATCH /twins/big HTTP/1.1\r\nHost: localhost\r\nAuthorization: {token}\r\nContent-Type: application/json\r\nContent-Length: 400000\r\n\r\n"
+    );
+    let answer = raw_exchange(&hub, declared, 0, false);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("iothub-errorcode: messagetoolarge"), "{answer}");
+    // Chunked without a length: cut off once the limit is crossed.
+    let chunked = format!(
+        "PATCH /twins/big HTTP/1.1\r\nHost: localhost\r\nAuthorization: {token}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    let answer = raw_exchange(&hub, chunked, 400_000, true);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let (_, _, after) = raw.send(Method::GET, "/twins/big", Some(raw.token()), &[], None).await;
+    assert_eq!(after, before);
 }
