@@ -111,6 +111,16 @@ fn encode(record: &DeviceRecord) -> StoreResult<(String, String)> {
     ))
 }
 
+/// Why a conditional write touched no row: the row changed (conflict) or
+/// is not there.
+fn conflict_or_missing(c: &Connection, id: &str) -> StoreError {
+    match c.query_row("SELECT 1 FROM devices WHERE device_id = ?1", params![id], |_| Ok(())).optional() {
+        Ok(Some(())) => StoreError::Conflict,
+        Ok(None) => StoreError::NotFound,
+        Err(e) => backend(e),
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn get_device(&self, device_id: &str) -> StoreResult<Option<DeviceRecord>> {
@@ -181,11 +191,7 @@ impl Store for SqliteStore {
             if n == 1 {
                 return Ok(());
             }
-            let exists = c
-                .query_row("SELECT 1 FROM devices WHERE device_id = ?1", params![id], |_| Ok(()))
-                .optional()
-                .map_err(backend)?;
-            Err(if exists.is_some() { StoreError::Conflict } else { StoreError::NotFound })
+            Err(conflict_or_missing(c, &id))
         })
         .await
     }
@@ -202,11 +208,7 @@ impl Store for SqliteStore {
             if n == 1 {
                 return Ok(());
             }
-            let exists = c
-                .query_row("SELECT 1 FROM devices WHERE device_id = ?1", params![id], |_| Ok(()))
-                .optional()
-                .map_err(backend)?;
-            Err(if exists.is_some() { StoreError::Conflict } else { StoreError::NotFound })
+            Err(conflict_or_missing(c, &id))
         })
         .await
     }
