@@ -134,6 +134,10 @@ install_system_packages() {
   command -v node >/dev/null 2>&1 || missing+=(nodejs)
   command -v npm >/dev/null 2>&1 || missing+=(npm)
   command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
+  # The Rust integration tests make and inspect certificates with openssl
+  # and drop privileges with setpriv (util-linux).
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+  command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
   if ((${#missing[@]})); then
     apt_install "${missing[@]}"
   else

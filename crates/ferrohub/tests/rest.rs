@@ -234,3 +234,21 @@ async fn oversized_bodies_are_refused_with_413_and_nothing_changes() {
     let (_, _, after) = raw.send(Method::GET, "/twins/big", Some(raw.token()), &[], None).await;
     assert_eq!(after, before);
 }
+
+#[test]
+fn https_speaks_tls_1_2_and_1_3_with_the_hub_ca() {
+    let hub = TestHub::start();
+    for version in ["-tls1_2", "-tls1_3"] {
+        let out = std::process::Command::new("openssl")
+            .args(["s_client", version, "-connect", &format!("127.0.0.1:{}", hub.https_port())])
+            .args(["-servername", "localhost", "-verify_return_error", "-CAfile"])
+            .arg(hub.ca_file())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Verify return code: 0 (ok)"), "{version}: {text}");
+        let expected = if version == "-tls1_2" { "TLSv1.2" } else { "TLSv1.3" };
+        assert!(text.contains(expected), "{version}: {text}");
+    }
+}
