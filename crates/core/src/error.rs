@@ -32,8 +32,12 @@ pub enum ErrorCode {
     IotHubUnauthorized,
     /// A quota of the hub is used up.
     IotHubQuotaExceeded,
+    /// A device's cloud-to-device queue is full.
+    DeviceMaximumQueueDepthExceeded,
     /// The device identity does not exist.
     DeviceNotFound,
+    /// The device is not connected (or not listening for methods).
+    DeviceNotOnline,
     /// The route does not exist.
     IotHubNotFound,
     /// A create named a device that already exists.
@@ -48,6 +52,8 @@ pub enum ErrorCode {
     ThrottlingException,
     /// Something failed inside the hub.
     ServerError,
+    /// The device did not answer in time.
+    GatewayTimeout,
     /// The hub cannot serve the request right now (e.g. shutting down).
     ServiceUnavailable,
 }
@@ -65,7 +71,9 @@ impl ErrorCode {
             Self::IotHubUnauthorizedAccess => "IotHubUnauthorizedAccess",
             Self::IotHubUnauthorized => "IotHubUnauthorized",
             Self::IotHubQuotaExceeded => "IotHubQuotaExceeded",
+            Self::DeviceMaximumQueueDepthExceeded => "DeviceMaximumQueueDepthExceeded",
             Self::DeviceNotFound => "DeviceNotFound",
+            Self::DeviceNotOnline => "DeviceNotOnline",
             Self::IotHubNotFound => "IotHubNotFound",
             Self::DeviceAlreadyExists => "DeviceAlreadyExists",
             Self::PreconditionFailed => "PreconditionFailed",
@@ -73,6 +81,7 @@ impl ErrorCode {
             Self::TooManyDevices => "TooManyDevices",
             Self::ThrottlingException => "ThrottlingException",
             Self::ServerError => "ServerError",
+            Self::GatewayTimeout => "GatewayTimeout",
             Self::ServiceUnavailable => "ServiceUnavailable",
         }
     }
@@ -87,13 +96,14 @@ impl ErrorCode {
             | Self::DeviceDefinedMultipleTimes
             | Self::BulkRegistryOperationFailure => 400,
             Self::IotHubUnauthorizedAccess | Self::IotHubUnauthorized => 401,
-            Self::IotHubQuotaExceeded => 403,
-            Self::DeviceNotFound | Self::IotHubNotFound => 404,
+            Self::IotHubQuotaExceeded | Self::DeviceMaximumQueueDepthExceeded => 403,
+            Self::DeviceNotFound | Self::IotHubNotFound | Self::DeviceNotOnline => 404,
             Self::DeviceAlreadyExists => 409,
             Self::PreconditionFailed => 412,
             Self::MessageTooLarge | Self::TooManyDevices => 413,
             Self::ThrottlingException => 429,
             Self::ServerError => 500,
+            Self::GatewayTimeout => 504,
             Self::ServiceUnavailable => 503,
         }
     }
@@ -111,7 +121,9 @@ impl ErrorCode {
             Self::IotHubUnauthorizedAccess => 401002,
             Self::IotHubUnauthorized => 401001,
             Self::IotHubQuotaExceeded => 403002,
+            Self::DeviceMaximumQueueDepthExceeded => 403004,
             Self::DeviceNotFound => 404001,
+            Self::DeviceNotOnline => 404103,
             Self::IotHubNotFound => 404000,
             Self::DeviceAlreadyExists => 409001,
             Self::PreconditionFailed => 412001,
@@ -119,6 +131,7 @@ impl ErrorCode {
             Self::TooManyDevices => 413002,
             Self::ThrottlingException => 429001,
             Self::ServerError => 500001,
+            Self::GatewayTimeout => 504101,
             Self::ServiceUnavailable => 503001,
         }
     }
@@ -200,7 +213,10 @@ mod tests {
             ErrorCode::IotHubUnauthorizedAccess,
             ErrorCode::IotHubUnauthorized,
             ErrorCode::IotHubQuotaExceeded,
+            ErrorCode::DeviceMaximumQueueDepthExceeded,
             ErrorCode::DeviceNotFound,
+            ErrorCode::DeviceNotOnline,
+            ErrorCode::GatewayTimeout,
             ErrorCode::IotHubNotFound,
             ErrorCode::DeviceAlreadyExists,
             ErrorCode::PreconditionFailed,

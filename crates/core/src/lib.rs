@@ -10,6 +10,7 @@
 pub mod connection_string;
 pub mod error;
 pub mod identity;
+pub mod message;
 pub mod sas;
 pub mod time;
 pub mod twin;

@@ -32,6 +32,8 @@
 //! ```
 
 mod error;
+mod events;
+mod messaging;
 mod tls;
 
 use std::path::PathBuf;
@@ -45,10 +47,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use error::Error;
+pub use events::{Event, EventStream, MAX_EVENT_BYTES};
 pub use ferrohub_core::identity::{
     Authentication, AuthenticationType, Capabilities, ConnectionState, Device, DeviceStatus, SymmetricKey,
     X509Thumbprint,
 };
+pub use messaging::{C2dMessage, MethodResult, MAX_C2D_BODY_BYTES};
 
 /// The `api-version` sent with every request (the one the current Node,
 /// .NET and Python service SDKs send).
@@ -56,6 +60,9 @@ pub const API_VERSION: &str = "2021-04-12";
 
 /// How long each minted SAS token is valid.
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// Per-request timeout when [`ClientOptions::timeout`] is not set.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Result of every client call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -132,6 +139,8 @@ pub struct ServiceClient {
     http: reqwest::Client,
     base_url: String,
     credentials: ConnectionString,
+    /// Limit of an ordinary request (calls that wait longer set their own).
+    timeout: Duration,
 }
 
 impl ServiceClient {
@@ -153,7 +162,6 @@ impl ServiceClient {
             .use_preconfigured_tls(tls)
             .user_agent(concat!("ferrohub-service-client/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
-            .timeout(options.timeout.unwrap_or(Duration::from_secs(60)))
             .build()
             .map_err(|e| Error::Config(format!("HTTP client setup failed: {e}")))?;
         let host = cs.dial_host();
@@ -161,7 +169,8 @@ impl ServiceClient {
             None | Some(443) => format!("https://{host}"),
             Some(port) => format!("https://{host}:{port}"),
         };
-        Ok(Self { http, base_url, credentials: cs })
+        let timeout = options.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        Ok(Self { http, base_url, credentials: cs, timeout })
     }
 
     /// The hub's host name, as in the connection string.
@@ -257,7 +266,7 @@ impl ServiceClient {
         self.json(Method::GET, "/statistics/service", &[], None, None::<&()>).await
     }
 
-    fn token(&self) -> Result<String> {
+    pub(crate) fn token(&self) -> Result<String> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
         let expiry = i64::try_from(now + TOKEN_LIFETIME.as_secs()).unwrap_or(i64::MAX);
         self.credentials
@@ -303,13 +312,9 @@ impl ServiceClient {
         if_match: Option<&str>,
         body: Option<&B>,
     ) -> Result<(StatusCode, Option<String>, String)> {
-        let url = format!("{}{path}", self.base_url);
         let mut request = self
-            .http
-            .request(method, &url)
-            .query(&[("api-version", API_VERSION)])
-            .query(query)
-            .header(reqwest::header::AUTHORIZATION, self.token()?)
+            .request(method, path, query)?
+            .timeout(self.timeout)
             .header(reqwest::header::ACCEPT, "application/json");
         if let Some(etag) = if_match {
             request = request.header(reqwest::header::IF_MATCH, quote_etag(etag));
@@ -319,18 +324,54 @@ impl ServiceClient {
             request =
                 request.header(reqwest::header::CONTENT_TYPE, "application/json; charset=utf-8").body(bytes);
         }
+        self.finish(path, request).await
+    }
+
+    /// A request to `path` with the api-version and a fresh token, and no
+    /// `Accept` and no time limit (callers set them).
+    pub(crate) fn request(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<reqwest::RequestBuilder> {
+        Ok(self
+            .http
+            .request(method, self.url(path))
+            .query(&[("api-version", API_VERSION)])
+            .query(query)
+            .header(reqwest::header::AUTHORIZATION, self.token()?))
+    }
+
+    /// The full URL of `path` (without query).
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// Sends `request` and reads the whole answer: status, the
+    /// `iothub-errorcode` header and the body text.
+    pub(crate) async fn finish(
+        &self,
+        path: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, Option<String>, String)> {
+        let url = self.url(path);
         let transport = |source| Error::Transport { url: url.clone(), source };
         let response = request.send().await.map_err(transport)?;
         let status = response.status();
-        let code =
-            response.headers().get("iothub-errorcode").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let code = error_code_header(&response);
         let text = response.text().await.map_err(transport)?;
         Ok((status, code, text))
     }
 }
 
+/// The `iothub-errorcode` header of a response.
+pub(crate) fn error_code_header(response: &reqwest::Response) -> Option<String> {
+    response.headers().get("iothub-errorcode").and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
 /// Percent-encodes a path segment as `encodeURIComponent` does.
-fn encode(segment: &str) -> String {
+pub(crate) fn encode(segment: &str) -> String {
     utf8_percent_encode(segment, COMPONENT).to_string()
 }
 
@@ -344,7 +385,7 @@ fn quote_etag(etag: &str) -> String {
     }
 }
 
-fn abbreviate(text: &str) -> String {
+pub(crate) fn abbreviate(text: &str) -> String {
     let mut short: String = text.chars().take(200).collect();
     if short.len() < text.len() {
         short.push('…');

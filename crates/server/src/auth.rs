@@ -31,6 +31,16 @@ impl Authorizer {
         Self { policies, host_names }
     }
 
+    /// The hub's shared access policies.
+    pub(crate) fn policies(&self) -> &[SharedAccessPolicy] {
+        &self.policies
+    }
+
+    /// Every name the hub answers to.
+    pub(crate) fn host_names(&self) -> &[String] {
+        &self.host_names
+    }
+
     /// Checks an `Authorization` header for a service API call needing any
     /// one of `needed`. Bad or missing credentials are
     /// 401 IotHubUnauthorizedAccess; a valid policy without the permission is

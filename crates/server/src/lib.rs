@@ -6,13 +6,18 @@
 pub mod api;
 pub mod auth;
 pub mod bulk;
+pub mod c2d;
 mod clock;
 mod fsutil;
 pub mod hubfile;
 pub mod listen;
+pub mod methods;
+mod mqtt;
 pub mod options;
 pub mod policies;
+pub mod presence;
 pub mod registry;
+pub mod telemetry;
 pub mod tls;
 
 use std::sync::Arc;
@@ -20,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ferrohub_core::connection_string::ConnectionString;
-use ferrohub_store::SqliteStore;
+use ferrohub_store::{SqliteStore, Store as _};
 
 pub use options::ServeOptions;
 
@@ -56,17 +61,23 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         (None, None) => tls::generated(dir, &opts.host_names)?,
         _ => anyhow::bail!("--tls-cert and --tls-key go together"),
     };
-    let https_tls = tls::server_config(&identity, &[b"http/1.1"])?;
+    let https_tls = tls::server_config(&identity, &[b"http/1.1"], None)?;
+    let mqtt_tls = tls::server_config(&identity, &[], Some(Arc::new(mqtt::AnyClientCert::new())))?;
 
     let (addrs, defaults) = listen::addresses(&opts.bind);
     let https = listen::bind_https(&addrs, opts.https_port, defaults)?;
     let mqtt = listen::bind_mqtt(&addrs, opts.mqtt_port, defaults)?;
 
+    // Whatever was connected when the hub last stopped is not any more.
+    store.disconnect_all().await.map_err(|e| anyhow::anyhow!("resetting connection states: {e}"))?;
+    let presence = Arc::new(presence::Presence::default());
     let state = Arc::new(api::AppState {
-        registry: registry::Registry::new(Arc::new(store)),
+        registry: registry::Registry::new(Arc::new(store), presence.clone()),
         auth: auth::Authorizer::new(policies.clone(), auth_names),
+        methods: Default::default(),
+        telemetry: Default::default(),
     });
-    let app = api::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
+    let app = api::router(state.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
 
     let handle = axum_server::Handle::new();
     let rustls_config = axum_server::tls_rustls::RustlsConfig::from_config(https_tls);
@@ -78,15 +89,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             async move { server.serve(app.into_make_service()).await.context("HTTPS listener failed") },
         );
     }
-    // The MQTT endpoint arrives with the next issue; until then the port is
-    // held so nothing else takes it, and connections are closed at once.
     for listener in mqtt.listeners {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        tasks.spawn(async move {
-            loop {
-                let _ = listener.accept().await?;
-            }
-        });
+        tasks.spawn(mqtt::accept_loop(listener, mqtt_tls.clone(), state.clone()));
     }
 
     let info = HubInfo {

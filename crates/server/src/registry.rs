@@ -17,6 +17,13 @@ use rand::Rng;
 use serde_json::Value;
 
 use crate::clock;
+use crate::presence::{sub, Outbound, Presence};
+
+/// Writes to one device are serialised by one of these locks (chosen by a
+/// hash of the id), so desired-property notifications leave in `$version`
+/// order and concurrent writers rarely lose an optimistic race. The store's
+/// revision check still guards against other hub nodes.
+const STRIPES: usize = 256;
 
 /// How many times a write is recomputed after losing a race.
 const MAX_ATTEMPTS: usize = 16;
@@ -45,9 +52,11 @@ impl IfMatch {
 #[derive(Clone)]
 pub struct Registry {
     store: Arc<dyn Store>,
+    presence: Arc<Presence>,
+    stripes: Arc<Vec<tokio::sync::Mutex<()>>>,
 }
 
-fn store_error(e: StoreError, device_id: &str) -> HubError {
+pub(crate) fn store_error(e: StoreError, device_id: &str) -> HubError {
     match e {
         StoreError::NotFound => HubError::device_not_found(device_id),
         StoreError::AlreadyExists => HubError::new(
@@ -55,6 +64,10 @@ fn store_error(e: StoreError, device_id: &str) -> HubError {
             format!("A device with ID '{device_id}' is already registered"),
         ),
         StoreError::Conflict => HubError::precondition_failed(),
+        StoreError::QueueFull => HubError::new(
+            ferrohub_core::ErrorCode::DeviceMaximumQueueDepthExceeded,
+            format!("The cloud-to-device queue of device {device_id} is full"),
+        ),
         StoreError::Backend(detail) => {
             tracing::error!(%detail, "store failure");
             HubError::internal("The hub could not complete the operation")
@@ -86,9 +99,27 @@ fn minted(now: Timestamp, key: &mut dyn FnMut() -> String) -> Minted<'_> {
 }
 
 impl Registry {
-    /// A registry over a store.
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+    /// A registry over a store, pushing changes to `presence`'s connections.
+    pub fn new(store: Arc<dyn Store>, presence: Arc<Presence>) -> Self {
+        let stripes = Arc::new((0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect());
+        Self { store, presence, stripes }
+    }
+
+    /// The store behind this registry.
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The live connections.
+    pub fn presence(&self) -> &Arc<Presence> {
+        &self.presence
+    }
+
+    fn stripe(&self, device_id: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        device_id.hash(&mut h);
+        &self.stripes[(h.finish() as usize) % self.stripes.len()]
     }
 
     async fn load(&self, device_id: &str) -> HubResult<DeviceRecord> {
@@ -154,12 +185,14 @@ impl Registry {
 
     /// Deletes a device (and its twin) under an If-Match precondition.
     pub async fn delete_device(&self, device_id: &str, if_match: &IfMatch) -> HubResult<()> {
+        let _serial = self.stripe(device_id).lock().await;
         for _ in 0..MAX_ATTEMPTS {
             let record = self.load(device_id).await?;
             if_match.check(&record.device.etag)?;
             match self.store.delete_device(device_id, Some(record.revision)).await {
                 Ok(()) => {
                     tracing::info!(device_id, "device deleted");
+                    self.presence.kick(device_id);
                     return Ok(());
                 }
                 Err(StoreError::Conflict) => continue,
@@ -194,13 +227,77 @@ impl Registry {
         if_match: &IfMatch,
         apply: impl Fn(&mut TwinState, Timestamp) -> HubResult<TwinChange>,
     ) -> HubResult<Value> {
+        // Both closures below need the notification; a Mutex keeps the
+        // future Send (a RefCell would not).
+        let notification = std::sync::Mutex::new(None);
         let record = self
-            .modify(device_id, |record| {
-                if_match.check(&record.twin.etag())?;
-                Ok(apply(&mut record.twin, clock::now())?.changed)
-            })
+            .modify_then(
+                device_id,
+                |record| {
+                    if_match.check(&record.twin.etag())?;
+                    let change = apply(&mut record.twin, clock::now())?;
+                    *notification.lock().unwrap_or_else(|p| p.into_inner()) = change.desired_patch;
+                    Ok(change.changed)
+                },
+                |record| {
+                    let patch = notification.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    self.notify_desired(device_id, record, patch)
+                },
+            )
             .await?;
         Ok(record.twin.to_json(&record.device))
+    }
+
+    /// Pushes a desired-properties change to the device, if it listens.
+    /// Called with the device's write lock held, so notifications leave in
+    /// `$version` order.
+    fn notify_desired(&self, device_id: &str, record: &DeviceRecord, patch: Option<Value>) {
+        if let Some(body) = patch {
+            let version = record.twin.desired.version;
+            let body = bytes::Bytes::from(body.to_string());
+            self.presence.send(device_id, sub::DESIRED, Outbound::Desired { version, body });
+        }
+    }
+
+    /// A device's own view of its twin (MQTT `$iothub/twin/GET`).
+    pub async fn device_twin(&self, device_id: &str) -> HubResult<Value> {
+        Ok(self.load(device_id).await?.twin.to_device_json())
+    }
+
+    /// A device's reported-properties patch; returns the new reported
+    /// `$version` once the change is durably stored.
+    pub async fn patch_reported(&self, device_id: &str, patch: &Value) -> HubResult<i64> {
+        let record = self
+            .modify(device_id, |record| Ok(record.twin.apply_reported_patch(patch, clock::now())?.changed))
+            .await?;
+        Ok(record.twin.reported.version)
+    }
+
+    /// Records that a device connected or disconnected (identity fields;
+    /// the twin renders them from the identity). Not an identity update:
+    /// the etag stays.
+    pub async fn set_connection_state(&self, device_id: &str, connected: bool) -> HubResult<()> {
+        use ferrohub_core::identity::ConnectionState;
+        let state = if connected { ConnectionState::Connected } else { ConnectionState::Disconnected };
+        self.modify(device_id, |record| {
+            let now = clock::now().to_iso();
+            record.device.connection_state = state;
+            record.device.connection_state_updated_time = now.clone();
+            record.device.last_activity_time = now;
+            Ok(true)
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Flushes a device's `lastActivityTime` (best effort, not acknowledged).
+    pub async fn touch_activity(&self, device_id: &str, at: Timestamp) -> HubResult<()> {
+        self.modify(device_id, |record| {
+            record.device.last_activity_time = at.to_iso();
+            Ok(true)
+        })
+        .await
+        .map(drop)
     }
 
     /// Read → `change` → conditional write, retried on lost races. `change`
@@ -208,8 +305,20 @@ impl Registry {
     async fn modify(
         &self,
         device_id: &str,
-        mut change: impl FnMut(&mut DeviceRecord) -> HubResult<bool>,
+        change: impl FnMut(&mut DeviceRecord) -> HubResult<bool>,
     ) -> HubResult<DeviceRecord> {
+        self.modify_then(device_id, change, |_| ()).await
+    }
+
+    /// [`Registry::modify`], then `committed` on the stored record while the
+    /// device's write lock is still held.
+    async fn modify_then(
+        &self,
+        device_id: &str,
+        mut change: impl FnMut(&mut DeviceRecord) -> HubResult<bool>,
+        mut committed: impl FnMut(&DeviceRecord),
+    ) -> HubResult<DeviceRecord> {
+        let _serial = self.stripe(device_id).lock().await;
         for _ in 0..MAX_ATTEMPTS {
             let mut record = self.load(device_id).await?;
             if !change(&mut record)? {
@@ -218,6 +327,7 @@ impl Registry {
             match self.store.update_device(&record).await {
                 Ok(()) => {
                     record.revision += 1;
+                    committed(&record);
                     return Ok(record);
                 }
                 Err(StoreError::Conflict) => continue,

@@ -79,12 +79,21 @@ pub fn operator(dir: &Path, cert: &Path, key: &Path) -> anyhow::Result<ServerIde
     Ok(ServerIdentity { chain, key, ca_file: dir.join(CA_FILE) })
 }
 
-/// A rustls server config for the HTTPS and MQTT listeners: TLS 1.2 and 1.3.
-pub fn server_config(identity: &ServerIdentity, alpn: &[&[u8]]) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+/// A rustls server config: TLS 1.2 and 1.3, and (for MQTT) a verifier that
+/// asks for client certificates.
+pub fn server_config(
+    identity: &ServerIdentity,
+    alpn: &[&[u8]],
+    client_certs: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match client_certs {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())
         .context("the server certificate and key do not match")?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -206,6 +215,6 @@ mod tests {
         assert_eq!(ca_before, std::fs::read(dir.path().join(CA_FILE)).unwrap(), "same CA");
         let bundle = std::fs::read_to_string(dir.path().join(CA_BUNDLE_FILE)).unwrap();
         assert!(bundle.ends_with(&String::from_utf8(ca_before).unwrap()));
-        assert!(server_config(&b, &[]).is_ok());
+        assert!(server_config(&b, &[], None).is_ok());
     }
 }

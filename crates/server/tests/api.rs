@@ -45,8 +45,10 @@ impl Api {
             key(n)
         });
         let state = Arc::new(AppState {
-            registry: Registry::new(Arc::new(store)),
+            registry: Registry::new(Arc::new(store), Default::default()),
             auth: Authorizer::new(policies.clone(), vec!["localhost".into()]),
+            methods: Default::default(),
+            telemetry: Default::default(),
         });
         Self { app: router(state), policies, _dir: dir }
     }

@@ -52,9 +52,26 @@ pub enum StoreError {
     /// The row changed since it was read; re-read and retry.
     #[error("concurrent modification")]
     Conflict,
+    /// The device's cloud-to-device queue is at its limit.
+    #[error("cloud-to-device queue full")]
+    QueueFull,
     /// The backend failed (IO, corruption, a bug).
     #[error("store backend error: {0}")]
     Backend(String),
+}
+
+/// A queued cloud-to-device message as stored. The message itself is
+/// opaque JSON to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredC2d {
+    /// Position in the device's queue (increasing).
+    pub seq: i64,
+    /// When it expires (Unix seconds).
+    pub expiry_unix: i64,
+    /// How often it was sent without being completed.
+    pub delivery_count: i64,
+    /// The message, serialised by the caller.
+    pub message: String,
 }
 
 /// Result of store operations.
@@ -82,6 +99,46 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counts for the statistics endpoint.
     async fn device_counts(&self) -> StoreResult<DeviceCounts>;
+
+    /// Marks every device disconnected (at start: connections do not
+    /// outlive the hub process).
+    async fn disconnect_all(&self) -> StoreResult<()>;
+
+    /// The subscriptions of a device's persistent MQTT session, if it has one.
+    async fn load_session(&self, device_id: &str) -> StoreResult<Option<u8>>;
+
+    /// Stores (or replaces) a device's persistent MQTT session.
+    async fn save_session(&self, device_id: &str, subscriptions: u8) -> StoreResult<()>;
+
+    /// Forgets a device's persistent MQTT session.
+    async fn delete_session(&self, device_id: &str) -> StoreResult<()>;
+
+    /// Appends a cloud-to-device message unless the device already has
+    /// `max_depth` unexpired ones ([`StoreError::QueueFull`]); expired ones
+    /// are dropped first. Returns the new message's `seq`.
+    async fn enqueue_c2d(
+        &self,
+        device_id: &str,
+        expiry_unix: i64,
+        message: String,
+        max_depth: usize,
+        now_unix: i64,
+    ) -> StoreResult<i64>;
+
+    /// Up to `limit` unexpired messages with `seq > after`, oldest first.
+    async fn pending_c2d(
+        &self,
+        device_id: &str,
+        after: i64,
+        now_unix: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredC2d>>;
+
+    /// Counts a delivery attempt.
+    async fn mark_c2d_delivered(&self, device_id: &str, seq: i64) -> StoreResult<()>;
+
+    /// Removes a message the device acknowledged.
+    async fn complete_c2d(&self, device_id: &str, seq: i64) -> StoreResult<()>;
 }
 
 pub(crate) fn status_text(status: DeviceStatus) -> &'static str {

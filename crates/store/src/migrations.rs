@@ -20,6 +20,20 @@ const MIGRATIONS: &[&str] = &[
         identity  TEXT NOT NULL,
         twin      TEXT NOT NULL
     ) WITHOUT ROWID;",
+    // v2: MQTT sessions that outlive a connection (clean session 0), and the
+    // durable cloud-to-device queue. Both go with their device.
+    "CREATE TABLE sessions (
+        device_id     TEXT PRIMARY KEY NOT NULL REFERENCES devices (device_id) ON DELETE CASCADE,
+        subscriptions INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE c2d_messages (
+        device_id      TEXT NOT NULL REFERENCES devices (device_id) ON DELETE CASCADE,
+        seq            INTEGER NOT NULL,
+        expiry_unix    INTEGER NOT NULL,
+        delivery_count INTEGER NOT NULL DEFAULT 0,
+        message        TEXT NOT NULL,
+        PRIMARY KEY (device_id, seq)
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build writes.

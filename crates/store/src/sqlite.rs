@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use ferrohub_core::identity::Device;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use crate::{migrations, status_text, DeviceCounts, DeviceRecord, Store, StoreError, StoreResult};
+use crate::{migrations, status_text, DeviceCounts, DeviceRecord, Store, StoreError, StoreResult, StoredC2d};
 
 const READERS: usize = 4;
 
@@ -96,6 +96,27 @@ impl SqliteStore {
     }
 }
 
+/// The store reads the clock only to hide expired cloud-to-device messages
+/// from the queue counts it reports.
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A write that names a missing device fails its foreign key.
+fn foreign_key_or_backend(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
+        {
+            StoreError::NotFound
+        }
+        e => backend(e),
+    }
+}
+
 fn decode_record(identity: String, twin: String, revision: i64) -> StoreResult<DeviceRecord> {
     Ok(DeviceRecord {
         device: serde_json::from_str(&identity).map_err(backend)?,
@@ -128,13 +149,20 @@ impl Store for SqliteStore {
         self.read(move |c| {
             let row = c
                 .query_row(
-                    "SELECT identity, twin, revision FROM devices WHERE device_id = ?1",
-                    params![id],
-                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)),
+                    "SELECT identity, twin, revision,
+                            (SELECT COUNT(*) FROM c2d_messages m WHERE m.device_id = d.device_id AND m.expiry_unix > ?2)
+                     FROM devices d WHERE device_id = ?1",
+                    params![id, now_unix()],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)),
                 )
                 .optional()
                 .map_err(backend)?;
-            row.map(|(i, t, rev)| decode_record(i, t, rev)).transpose()
+            row.map(|(i, t, rev, queued)| {
+                let mut record = decode_record(i, t, rev)?;
+                record.device.cloud_to_device_message_count = queued;
+                Ok(record)
+            })
+            .transpose()
         })
         .await
     }
@@ -209,6 +237,148 @@ impl Store for SqliteStore {
                 return Ok(());
             }
             Err(conflict_or_missing(c, &id))
+        })
+        .await
+    }
+
+    async fn disconnect_all(&self) -> StoreResult<()> {
+        self.write(|c| {
+            c.execute(
+                "UPDATE devices SET revision = revision + 1,
+                        identity = json_set(identity, '$.connectionState', 'Disconnected')
+                 WHERE json_extract(identity, '$.connectionState') = 'Connected'",
+                [],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn load_session(&self, device_id: &str) -> StoreResult<Option<u8>> {
+        let id = device_id.to_owned();
+        self.read(move |c| {
+            c.query_row("SELECT subscriptions FROM sessions WHERE device_id = ?1", params![id], |r| {
+                r.get::<_, u8>(0)
+            })
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn save_session(&self, device_id: &str, subscriptions: u8) -> StoreResult<()> {
+        let id = device_id.to_owned();
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO sessions (device_id, subscriptions) VALUES (?1, ?2)
+                 ON CONFLICT (device_id) DO UPDATE SET subscriptions = excluded.subscriptions",
+                params![id, subscriptions],
+            )
+            .map_err(foreign_key_or_backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_session(&self, device_id: &str) -> StoreResult<()> {
+        let id = device_id.to_owned();
+        self.write(move |c| {
+            c.execute("DELETE FROM sessions WHERE device_id = ?1", params![id]).map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn enqueue_c2d(
+        &self,
+        device_id: &str,
+        expiry_unix: i64,
+        message: String,
+        max_depth: usize,
+        now_unix: i64,
+    ) -> StoreResult<i64> {
+        let id = device_id.to_owned();
+        self.write(move |c| {
+            let tx = c.transaction().map_err(backend)?;
+            tx.execute(
+                "DELETE FROM c2d_messages WHERE device_id = ?1 AND expiry_unix <= ?2",
+                params![id, now_unix],
+            )
+            .map_err(backend)?;
+            let (count, last): (i64, i64) = tx
+                .query_row(
+                    "SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM c2d_messages WHERE device_id = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(backend)?;
+            if count as usize >= max_depth {
+                return Err(StoreError::QueueFull);
+            }
+            let seq = last + 1;
+            tx.execute(
+                "INSERT INTO c2d_messages (device_id, seq, expiry_unix, message) VALUES (?1, ?2, ?3, ?4)",
+                params![id, seq, expiry_unix, message],
+            )
+            .map_err(foreign_key_or_backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(seq)
+        })
+        .await
+    }
+
+    async fn pending_c2d(
+        &self,
+        device_id: &str,
+        after: i64,
+        now_unix: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredC2d>> {
+        let id = device_id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT seq, expiry_unix, delivery_count, message FROM c2d_messages
+                     WHERE device_id = ?1 AND seq > ?2 AND expiry_unix > ?3 ORDER BY seq LIMIT ?4",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![id, after, now_unix, limit as i64], |r| {
+                    Ok(StoredC2d {
+                        seq: r.get(0)?,
+                        expiry_unix: r.get(1)?,
+                        delivery_count: r.get(2)?,
+                        message: r.get(3)?,
+                    })
+                })
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn mark_c2d_delivered(&self, device_id: &str, seq: i64) -> StoreResult<()> {
+        let id = device_id.to_owned();
+        self.write(move |c| {
+            c.execute(
+                "UPDATE c2d_messages SET delivery_count = delivery_count + 1 WHERE device_id = ?1 AND seq = ?2",
+                params![id, seq],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn complete_c2d(&self, device_id: &str, seq: i64) -> StoreResult<()> {
+        let id = device_id.to_owned();
+        self.write(move |c| {
+            c.execute("DELETE FROM c2d_messages WHERE device_id = ?1 AND seq = ?2", params![id, seq])
+                .map_err(backend)?;
+            Ok(())
         })
         .await
     }
@@ -308,5 +478,33 @@ mod tests {
         let s = SqliteStore::open(&path).unwrap();
         assert!(s.get_device("a").await.unwrap().is_none());
         assert!(s.get_device("b").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn c2d_queue_is_bounded_ordered_expiring_and_goes_with_its_device() {
+        let (_d, s) = open();
+        s.create_device(&record("q")).await.unwrap();
+        for n in 0..3 {
+            s.enqueue_c2d("q", 1_000 + n, format!("m{n}"), 3, 500).await.unwrap();
+        }
+        assert!(matches!(s.enqueue_c2d("q", 2_000, "x".into(), 3, 500).await, Err(StoreError::QueueFull)));
+        assert!(matches!(s.enqueue_c2d("ghost", 2_000, "x".into(), 3, 500).await, Err(StoreError::NotFound)));
+        let pending = s.pending_c2d("q", 0, 500, 10).await.unwrap();
+        assert_eq!(pending.iter().map(|m| m.message.as_str()).collect::<Vec<_>>(), ["m0", "m1", "m2"]);
+        s.mark_c2d_delivered("q", pending[0].seq).await.unwrap();
+        s.complete_c2d("q", pending[1].seq).await.unwrap();
+        let left = s.pending_c2d("q", 0, 500, 10).await.unwrap();
+        assert_eq!(left.len(), 2);
+        assert_eq!(left[0].delivery_count, 1);
+        // At time 1001 the first (expiry 1000) is gone, making room.
+        assert_eq!(s.pending_c2d("q", 0, 1_001, 10).await.unwrap().len(), 1);
+        s.enqueue_c2d("q", 5_000, "late".into(), 3, 1_001).await.unwrap();
+        s.save_session("q", 0b101).await.unwrap();
+        assert_eq!(s.load_session("q").await.unwrap(), Some(0b101));
+        s.delete_device("q", None).await.unwrap();
+        s.create_device(&record("q")).await.unwrap();
+        assert!(s.pending_c2d("q", 0, 0, 10).await.unwrap().is_empty(), "the queue went with the device");
+        assert_eq!(s.load_session("q").await.unwrap(), None, "so did the session");
+        assert!(matches!(s.save_session("ghost", 1).await, Err(StoreError::NotFound)));
     }
 }

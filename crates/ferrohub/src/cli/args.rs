@@ -38,6 +38,15 @@ pub(crate) enum Command {
     Env(Common),
     /// Exit 0 when the hub answers an authenticated request.
     Healthcheck(Common),
+    /// Invoke a direct method on a device and print its answer.
+    #[command(name = "invoke-device-method")]
+    InvokeDeviceMethod(super::invoke_method::InvokeMethodArgs),
+    /// Print the telemetry devices send, as it arrives.
+    #[command(name = "monitor-events")]
+    MonitorEvents(super::monitor_events::MonitorEventsArgs),
+    /// Cloud-to-device messages.
+    #[command(subcommand, name = "c2d-message")]
+    C2dMessage(super::c2d_message::C2dMessageCommand),
 }
 
 /// Flags of `ferrohub serve`.

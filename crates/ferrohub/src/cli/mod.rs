@@ -3,14 +3,18 @@
 //! - [`args`]: the clap definitions (the az shape).
 //! - [`context`]: which hub, as whom, on which port, trusting which CA.
 //! - [`output`]: az's json/table/tsv rendering.
-//! - [`serve`], [`device_identity`], [`device_twin`], [`hub`]: the commands.
+//! - [`serve`], [`device_identity`], [`device_twin`], [`hub`],
+//!   [`invoke_method`], [`monitor_events`], [`c2d_message`]: the commands.
 
 pub(crate) mod args;
+pub(crate) mod c2d_message;
 pub(crate) mod context;
 pub(crate) mod device_identity;
 pub(crate) mod device_twin;
 pub(crate) mod generic_update;
 pub(crate) mod hub;
+pub(crate) mod invoke_method;
+pub(crate) mod monitor_events;
 pub(crate) mod output;
 pub(crate) mod serve;
 
@@ -79,6 +83,9 @@ async fn dispatch(command: Command) -> anyhow::Result<Outcome> {
         Command::GenerateSasToken(a) => hub::generate_sas_token(a).await,
         Command::Env(common) => hub::env(&common),
         Command::Healthcheck(common) => hub::healthcheck(&common).await,
+        Command::InvokeDeviceMethod(a) => invoke_method::run(a).await,
+        Command::MonitorEvents(a) => monitor_events::run(a).await,
+        Command::C2dMessage(c) => c2d_message::run(c).await,
     }
 }
 

@@ -8,8 +8,11 @@
 //! failure is a [`HubError`] rendered by [`error::ApiError`].
 
 mod body;
+mod c2d;
 mod devices;
 pub mod error;
+mod events;
+mod methods;
 mod stats;
 mod twins;
 
@@ -20,7 +23,7 @@ use axum::http::header::{CONTENT_TYPE, IF_MATCH};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use ferrohub_core::sas::Permission;
 use ferrohub_core::{ErrorCode, HubError};
@@ -35,6 +38,10 @@ pub struct AppState {
     pub registry: Registry,
     /// SAS verification.
     pub auth: Authorizer,
+    /// Direct-method calls waiting for devices.
+    pub methods: Arc<crate::methods::PendingMethods>,
+    /// Recent and live telemetry.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 /// Shared handler state.
@@ -47,7 +54,11 @@ pub fn router(state: State) -> Router {
         // The Node service SDK lists with a trailing slash.
         .route("/devices/", get(devices::list).post(devices::bulk))
         .route("/devices/{id}", get(devices::get).put(devices::put).delete(devices::delete))
+        .route("/devices/{id}/messages/deviceBound", post(c2d::send))
         .route("/twins/{id}", get(twins::get).patch(twins::patch).put(twins::replace))
+        .route("/twins/{id}/methods", post(methods::invoke))
+        .route("/events", get(events::stream))
+        .route("/$iothub/websocket", get(crate::mqtt::websocket))
         .route("/statistics/devices", get(stats::devices))
         .route("/statistics/service", get(stats::service))
         .fallback(not_found)

@@ -1,0 +1,159 @@
+//! `ferrohub c2d-message send`: az's `az iot device c2d-message send`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Subcommand, ValueEnum};
+use ferrohub_core::time::Timestamp;
+use ferrohub_service_client::C2dMessage;
+
+use super::args::Common;
+use super::context::Context;
+use super::Outcome;
+
+/// az's body when neither `--data` nor `--data-file-path` is given.
+pub(crate) const DEFAULT_DATA: &str = "Ping from Az CLI IoT Extension";
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum C2dMessageCommand {
+    /// Send a cloud-to-device message to a device.
+    Send(C2dSendArgs),
+}
+
+/// `--ack` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum AckArg {
+    /// Feedback when the device completes the message.
+    Positive,
+    /// Feedback when the message expires or is rejected.
+    Negative,
+    /// Both.
+    Full,
+}
+
+impl AckArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Positive => "positive",
+            Self::Negative => "negative",
+            Self::Full => "full",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct C2dSendArgs {
+    /// The device id.
+    #[arg(long, short = 'd', value_name = "ID")]
+    pub(crate) device_id: String,
+    /// The message body [default: "Ping from Az CLI IoT Extension"].
+    #[arg(long, visible_alias = "da", value_name = "TEXT", conflicts_with = "data_file_path")]
+    pub(crate) data: Option<String>,
+    /// Read the message body from this file.
+    #[arg(long, visible_alias = "dfp", value_name = "FILE")]
+    pub(crate) data_file_path: Option<PathBuf>,
+    /// Application properties: `key=value;key2=value2`.
+    #[arg(long = "properties", visible_aliases = ["props"], short = 'p', value_name = "K=V;K2=V2")]
+    pub(crate) properties: Option<String>,
+    /// Message id [default: none].
+    #[arg(long, visible_alias = "mid", value_name = "ID")]
+    pub(crate) message_id: Option<String>,
+    /// Correlation id.
+    #[arg(long, visible_alias = "cid", value_name = "ID")]
+    pub(crate) correlation_id: Option<String>,
+    /// User id.
+    #[arg(long, visible_alias = "uid", value_name = "ID")]
+    pub(crate) user_id: Option<String>,
+    /// Content type of the body.
+    #[arg(long, visible_alias = "ct", value_name = "TYPE")]
+    pub(crate) content_type: Option<String>,
+    /// Content encoding of the body (e.g. utf-8).
+    #[arg(long, visible_alias = "ce", value_name = "ENCODING")]
+    pub(crate) content_encoding: Option<String>,
+    /// Absolute expiry, in milliseconds since the Unix epoch [default: the
+    /// hub's TTL, one hour].
+    #[arg(long, visible_alias = "expiry", value_name = "MILLISECONDS")]
+    pub(crate) expiry_time_utc: Option<i64>,
+    /// Delivery feedback the message asks for.
+    #[arg(long, value_enum)]
+    pub(crate) ack: Option<AckArg>,
+    #[command(flatten)]
+    pub(crate) common: Common,
+}
+
+/// Parses az's property bag `k=v;k2=v2` (empty parts ignored; a value may
+/// be empty and may contain `=`).
+pub(crate) fn parse_properties(text: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((key, value)) = part.split_once('=') else {
+            bail!("--properties must look like key=value;key2=value2, got {part:?}");
+        };
+        let key = key.trim();
+        if key.is_empty() {
+            bail!("--properties has a value without a key: {part:?}");
+        }
+        out.push((key.to_owned(), value.to_owned()));
+    }
+    Ok(out)
+}
+
+/// Milliseconds since the epoch as the ISO 8601 time the hub expects.
+pub(crate) fn expiry_iso(millis: i64) -> anyhow::Result<String> {
+    if millis <= 0 {
+        bail!("--expiry-time-utc must be a positive number of milliseconds since the Unix epoch");
+    }
+    Ok(Timestamp::from_unix_nanos(i128::from(millis) * 1_000_000).to_iso())
+}
+
+/// Runs `c2d-message send`.
+pub(crate) async fn run(command: C2dMessageCommand) -> anyhow::Result<Outcome> {
+    let C2dMessageCommand::Send(args) = command;
+    let body = match (&args.data, &args.data_file_path) {
+        (Some(data), _) => data.clone().into_bytes(),
+        (None, Some(path)) => {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+        }
+        (None, None) => DEFAULT_DATA.as_bytes().to_vec(),
+    };
+    let message = C2dMessage {
+        body,
+        properties: args.properties.as_deref().map(parse_properties).transpose()?.unwrap_or_default(),
+        message_id: args.message_id,
+        correlation_id: args.correlation_id,
+        user_id: args.user_id,
+        expiry: args.expiry_time_utc.map(expiry_iso).transpose()?,
+        content_type: args.content_type,
+        content_encoding: args.content_encoding,
+        ack: args.ack.map(|a| a.as_str().to_owned()),
+    };
+    let ctx = Context::resolve(&args.common)?;
+    ctx.client()?.send_c2d(&args.device_id, &message).await?;
+    Ok(Outcome::Nothing)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+        items.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn property_bags_parse_like_az() {
+        assert_eq!(parse_properties("a=b;c=d").unwrap(), pairs(&[("a", "b"), ("c", "d")]));
+        assert_eq!(parse_properties(" a=b ; ;x=").unwrap(), pairs(&[("a", "b"), ("x", "")]));
+        assert_eq!(parse_properties("k=v=w").unwrap(), pairs(&[("k", "v=w")]));
+        assert!(parse_properties("").unwrap().is_empty());
+        assert!(parse_properties("novalue").is_err());
+        assert!(parse_properties("=v").is_err());
+    }
+
+    #[test]
+    fn expiry_is_milliseconds_since_the_epoch() {
+        assert_eq!(expiry_iso(1_700_000_000_000).unwrap(), "2023-11-14T22:13:20.0000000Z");
+        assert!(expiry_iso(0).is_err());
+    }
+}

@@ -1,0 +1,67 @@
+//! `POST /devices/{id}/messages/deviceBound`: send a cloud-to-device
+//! message. (Azure's SDKs send these over AMQP; ferrohub takes them over
+//! HTTPS, with the same properties as `iothub-*` headers.)
+
+use axum::body::Body;
+use axum::extract::{Request, State as AxState};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use ferrohub_core::message::{c2d_expiry, CloudToDeviceMessage, MAX_C2D_BODY};
+use ferrohub_core::sas::Permission;
+use ferrohub_core::{ErrorCode, HubError};
+
+use super::error::{ApiError, ApiResult};
+use super::{authorize, IdPath, State};
+
+fn header(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str()
+                .map(str::to_owned)
+                .map_err(|_| HubError::invalid(format!("{name} is not valid text")).into())
+        })
+        .transpose()
+}
+
+pub(super) async fn send(
+    AxState(state): AxState<State>,
+    IdPath(id): IdPath,
+    req: Request<Body>,
+) -> ApiResult<Response> {
+    let headers = req.headers().clone();
+    authorize(&state, &headers, &[Permission::ServiceConnect])?;
+    let too_large = || {
+        ApiError(HubError::new(
+            ErrorCode::MessageTooLarge,
+            format!("A cloud-to-device message is at most {MAX_C2D_BODY} bytes"),
+        ))
+    };
+    let declared =
+        headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_C2D_BODY) {
+        return Err(too_large());
+    }
+    let body = axum::body::to_bytes(req.into_body(), MAX_C2D_BODY).await.map_err(|_| too_large())?;
+    let now = crate::clock::now();
+    let mut properties = std::collections::BTreeMap::new();
+    for (name, value) in &headers {
+        if let Some(key) = name.as_str().strip_prefix("iothub-app-") {
+            let v = value.to_str().map_err(|_| HubError::invalid(format!("{name} is not valid text")))?;
+            properties.insert(key.to_owned(), v.to_owned());
+        }
+    }
+    let message = CloudToDeviceMessage {
+        message_id: header(&headers, "iothub-messageid")?.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        correlation_id: header(&headers, "iothub-correlationid")?,
+        user_id: header(&headers, "iothub-userid")?,
+        content_type: header(&headers, "iothub-contenttype")?.or(header(&headers, "content-type")?),
+        content_encoding: header(&headers, "iothub-contentencoding")?,
+        expiry: c2d_expiry(header(&headers, "iothub-expiry")?.as_deref(), now)?,
+        enqueued_time: now,
+        properties,
+        body: body.to_vec(),
+    };
+    crate::c2d::send(&state.registry, &id, &message).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

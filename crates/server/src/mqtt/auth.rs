@@ -1,0 +1,103 @@
+//! Who is connecting: the CONNECT packet's credentials checked against the
+//! registry — a SAS token (device key or a DeviceConnect policy), or for
+//! `selfSigned` devices the TLS client certificate's thumbprint.
+
+use ferrohub_core::identity::{AuthenticationType, DeviceStatus};
+use ferrohub_core::sas::{self, KeyLookup, Permission, SasToken, SharedAccessPolicy};
+use ferrohub_mqtt::v4::{Connect, ConnectReturnCode};
+use ferrohub_store::DeviceRecord;
+use sha1::Digest as _;
+
+use crate::api::AppState;
+use crate::clock;
+
+/// An accepted CONNECT.
+pub(crate) struct Authenticated {
+    /// The device.
+    pub(crate) device_id: String,
+    /// When the token expires (Unix seconds); none for certificates.
+    pub(crate) expires: Option<i64>,
+}
+
+struct Keys<'a> {
+    policies: &'a [SharedAccessPolicy],
+    device: Option<(String, String)>,
+}
+
+impl KeyLookup for Keys<'_> {
+    fn policy(&self, name: &str) -> Option<&SharedAccessPolicy> {
+        self.policies.iter().find(|p| p.key_name == name)
+    }
+
+    fn device_keys(&self, _device_id: &str) -> Option<(String, String)> {
+        self.device.clone()
+    }
+}
+
+/// Hex thumbprints (SHA-1 and SHA-256) of a DER certificate, upper case.
+pub(crate) fn thumbprints(der: &[u8]) -> [String; 2] {
+    [hex::encode_upper(sha1::Sha1::digest(der)), hex::encode_upper(sha2::Sha256::digest(der))]
+}
+
+const REFUSED: ConnectReturnCode = ConnectReturnCode::NotAuthorized;
+
+/// Checks a CONNECT. Every refusal is CONNACK 0x05, as IoT Hub answers; the
+/// reason is logged, not sent.
+pub(crate) async fn authenticate(
+    state: &AppState,
+    connect: &Connect,
+    client_cert: Option<&[u8]>,
+) -> Result<Authenticated, ConnectReturnCode> {
+    let refuse = |why: &str| {
+        tracing::info!(client_id = %connect.client_id, why, "CONNECT refused");
+        REFUSED
+    };
+    let login = connect.login.as_ref().ok_or_else(|| refuse("no username"))?;
+    let username =
+        ferrohub_mqtt::username::parse_username(&login.username).map_err(|_| refuse("bad username"))?;
+    let device_id = connect.client_id.as_str();
+    if username.device_id != device_id {
+        return Err(refuse("the username names another device than the client id"));
+    }
+    let record: DeviceRecord = match state.registry.store().get_device(device_id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return Err(refuse("unknown device")),
+        Err(e) => {
+            tracing::error!(%e, "store failure during CONNECT");
+            return Err(ConnectReturnCode::ServiceUnavailable);
+        }
+    };
+    if record.device.status == DeviceStatus::Disabled {
+        return Err(refuse("device disabled"));
+    }
+    let auth = &record.device.authentication;
+    if !login.password.is_empty() {
+        let device_keys = (auth.kind == AuthenticationType::Sas)
+            .then(|| (auth.symmetric_key.primary_key.clone(), auth.symmetric_key.secondary_key.clone()));
+        let keys = Keys { policies: state.auth.policies(), device: device_keys };
+        let target = format!("/devices/{device_id}");
+        let principal =
+            sas::authorize(&login.password, clock::unix_seconds(), state.auth.host_names(), &target, &keys)
+                .map_err(|e| refuse(&e.message))?;
+        if !principal.has(Permission::DeviceConnect) {
+            return Err(refuse("the policy lacks DeviceConnect"));
+        }
+        let expires = SasToken::parse(&login.password).map(|t| t.expiry()).ok();
+        return Ok(Authenticated { device_id: device_id.to_owned(), expires });
+    }
+    match (auth.kind, client_cert) {
+        (AuthenticationType::SelfSigned, Some(der)) => {
+            let presented = thumbprints(der);
+            let registered =
+                [&auth.x509_thumbprint.primary_thumbprint, &auth.x509_thumbprint.secondary_thumbprint];
+            let ok =
+                registered.into_iter().flatten().any(|r| presented.iter().any(|p| p.eq_ignore_ascii_case(r)));
+            if ok {
+                Ok(Authenticated { device_id: device_id.to_owned(), expires: None })
+            } else {
+                Err(refuse("client certificate thumbprint does not match"))
+            }
+        }
+        _ => Err(refuse("no password and no matching client certificate")),
+    }
+}

@@ -1,0 +1,112 @@
+//! Delivering a device's queued cloud-to-device messages over its
+//! connection: QoS 1, a small window in flight, completed by PUBACK.
+//! Un-acknowledged messages stay queued and go out again on the next
+//! connection, counted in their delivery count.
+
+use bytes::Bytes;
+use ferrohub_core::message::CloudToDeviceMessage;
+use ferrohub_mqtt::bag::{format_bag, AppProperties, SystemProperties};
+use ferrohub_mqtt::topic;
+use ferrohub_mqtt::v4::Publish;
+use ferrohub_mqtt::QoS;
+
+use crate::api::AppState;
+use crate::clock;
+
+/// Messages sent and not yet acknowledged, at most.
+const WINDOW: usize = 8;
+
+pub(crate) struct C2dDelivery {
+    device_id: String,
+    /// (packet id, queue seq) of messages in flight.
+    inflight: Vec<(u16, i64)>,
+    /// Highest seq sent on this connection.
+    cursor: i64,
+    next_pkid: u16,
+}
+
+impl C2dDelivery {
+    pub(crate) fn new(device_id: String) -> Self {
+        Self { device_id, inflight: Vec::new(), cursor: 0, next_pkid: 0 }
+    }
+
+    fn pkid(&mut self) -> u16 {
+        // Packet ids are 1..=65535 and must not collide with one in flight.
+        loop {
+            self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
+            if !self.inflight.iter().any(|(p, _)| *p == self.next_pkid) {
+                return self.next_pkid;
+            }
+        }
+    }
+
+    /// The next messages to send, filling the window.
+    pub(crate) async fn next_batch(&mut self, state: &AppState) -> Vec<Publish> {
+        let room = WINDOW.saturating_sub(self.inflight.len());
+        if room == 0 {
+            return Vec::new();
+        }
+        let store = state.registry.store();
+        let pending = match store.pending_c2d(&self.device_id, self.cursor, clock::unix_seconds(), room).await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(%e, "cannot read the cloud-to-device queue");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::with_capacity(pending.len());
+        for stored in pending {
+            self.cursor = self.cursor.max(stored.seq);
+            let message: CloudToDeviceMessage = match serde_json::from_str(&stored.message) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(%e, seq = stored.seq, "unreadable queued message dropped");
+                    let _ = store.complete_c2d(&self.device_id, stored.seq).await;
+                    continue;
+                }
+            };
+            if let Err(e) = store.mark_c2d_delivered(&self.device_id, stored.seq).await {
+                tracing::warn!(%e, "cannot count a delivery");
+            }
+            let pkid = self.pkid();
+            self.inflight.push((pkid, stored.seq));
+            let bag = format_bag(&system_properties(&self.device_id, &message), &app_properties(&message));
+            let mut publish = Publish::from_bytes(
+                topic::c2d(&self.device_id, &bag),
+                QoS::AtLeastOnce,
+                Bytes::from(message.body),
+            );
+            publish.pkid = pkid;
+            out.push(publish);
+        }
+        out
+    }
+
+    /// A PUBACK: completes the message. True if it freed room in the window.
+    pub(crate) async fn acked(&mut self, state: &AppState, pkid: u16) -> bool {
+        let Some(i) = self.inflight.iter().position(|(p, _)| *p == pkid) else { return false };
+        let (_, seq) = self.inflight.swap_remove(i);
+        if let Err(e) = state.registry.store().complete_c2d(&self.device_id, seq).await {
+            tracing::warn!(%e, seq, "cannot complete a delivered message");
+        }
+        true
+    }
+}
+
+fn system_properties(device_id: &str, m: &CloudToDeviceMessage) -> SystemProperties {
+    SystemProperties {
+        message_id: Some(m.message_id.clone()),
+        correlation_id: m.correlation_id.clone(),
+        user_id: m.user_id.clone(),
+        to: Some(format!("/devices/{device_id}/messages/deviceBound")),
+        absolute_expiry_time: Some(m.expiry.to_iso()),
+        content_type: m.content_type.clone(),
+        content_encoding: m.content_encoding.clone(),
+        ..Default::default()
+    }
+}
+
+fn app_properties(m: &CloudToDeviceMessage) -> AppProperties {
+    m.properties.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect()
+}

@@ -1,0 +1,446 @@
+//! One device's MQTT session, from CONNECT to close.
+//!
+//! The loop waits on four things: bytes from the device, pushes from the hub
+//! ([`Outbound`]: desired patches, method calls, queued C2D), the keep-alive
+//! deadline and the token's expiry — plus a kick (takeover, disable,
+//! delete, slow consumer). Protocol violations close this one connection and
+//! nothing else.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use ferrohub_mqtt::frame::{read_packet, write_packet, MAX_PACKET, MAX_PACKET_BEFORE_AUTH};
+use ferrohub_mqtt::topic::{self, Inbound, Subscription};
+use ferrohub_mqtt::v4::{ConnAck, ConnectReturnCode, Packet, PubAck, Publish, SubAck, UnsubAck};
+use ferrohub_mqtt::QoS;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::Instrument as _;
+
+use super::c2d::C2dDelivery;
+use super::transport::Transport;
+use crate::api::AppState;
+use crate::clock;
+use crate::methods::MethodReply;
+use crate::presence::Outbound;
+
+/// How long a client may take to send CONNECT.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// IoT Hub's cap on the server-side keep-alive timeout.
+const MAX_KEEP_ALIVE: Duration = Duration::from_secs(1767);
+/// How often `lastActivityTime` is flushed while a device is busy.
+const ACTIVITY_FLUSH: Duration = Duration::from_secs(60);
+/// Room for hub-to-device pushes before the device counts as a slow consumer.
+const OUTBOUND_QUEUE: usize = 32;
+/// Idle read buffers above this are released.
+const KEEP_BUFFER: usize = 4096;
+
+/// Why a session ended (for the log).
+#[derive(Debug)]
+enum End {
+    Closed,
+    Disconnect,
+    Kicked,
+    KeepAlive,
+    TokenExpired,
+    Violation(String),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for End {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+fn violation(what: impl Into<String>) -> End {
+    End::Violation(what.into())
+}
+
+/// Serves one connection to its end.
+pub(crate) async fn serve(state: Arc<AppState>, mut transport: Transport, client_cert: Option<Vec<u8>>) {
+    let mut buf = BytesMut::new();
+    let connect = match tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut transport, &mut buf)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(code)) => {
+            if let Some(code) = code {
+                let _ = send(&mut transport, &Packet::ConnAck(ConnAck::new(code, false))).await;
+            }
+            transport.shutdown().await;
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("no CONNECT in time");
+            return;
+        }
+    };
+    let who = match super::auth::authenticate(&state, &connect, client_cert.as_deref()).await {
+        Ok(who) => who,
+        Err(code) => {
+            let _ = send(&mut transport, &Packet::ConnAck(ConnAck::new(code, false))).await;
+            transport.shutdown().await;
+            return;
+        }
+    };
+    let span = tracing::info_span!("device", device_id = %who.device_id);
+    async move {
+        match Session::start(state, transport, buf, connect, who).await {
+            Ok(session) => {
+                let end = session.run().await;
+                tracing::info!(?end, "device disconnected");
+            }
+            Err(e) => tracing::warn!(?e, "session start failed"),
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Reads until a CONNECT arrives. Anything else first closes the
+/// connection (`None`); a CONNECT for another protocol level gets 0x01.
+async fn read_connect(
+    transport: &mut Transport,
+    buf: &mut BytesMut,
+) -> Result<ferrohub_mqtt::v4::Connect, Option<ConnectReturnCode>> {
+    loop {
+        match read_packet(buf, MAX_PACKET_BEFORE_AUTH) {
+            Ok(Some(Packet::Connect(c))) => return Ok(c),
+            Ok(Some(_)) => return Err(None),
+            Ok(None) => {}
+            Err(e) => return Err(e.connack_code()),
+        }
+        match transport.read(buf).await {
+            Ok(0) | Err(_) => return Err(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn send(transport: &mut Transport, packet: &Packet) -> Result<(), End> {
+    let mut out = BytesMut::new();
+    write_packet(packet, &mut out).map_err(|e| violation(format!("cannot encode: {e}")))?;
+    transport.write(out.freeze()).await?;
+    Ok(())
+}
+
+struct Session {
+    state: Arc<AppState>,
+    transport: Transport,
+    buf: BytesMut,
+    device_id: String,
+    conn_id: u64,
+    persistent: bool,
+    subscriptions: Arc<AtomicU8>,
+    keep_alive: Option<Duration>,
+    expires: Option<Instant>,
+    kick: Arc<tokio::sync::Notify>,
+    rx: mpsc::Receiver<Outbound>,
+    c2d: C2dDelivery,
+    last_flush: Instant,
+}
+
+impl Session {
+    async fn start(
+        state: Arc<AppState>,
+        mut transport: Transport,
+        buf: BytesMut,
+        connect: ferrohub_mqtt::v4::Connect,
+        who: super::auth::Authenticated,
+    ) -> Result<Self, End> {
+        let store = state.registry.store().clone();
+        let device_id = who.device_id;
+        let persistent = !connect.clean_session;
+        let stored = if persistent {
+            store.load_session(&device_id).await.map_err(|e| violation(e.to_string()))?
+        } else {
+            store.delete_session(&device_id).await.map_err(|e| violation(e.to_string()))?;
+            None
+        };
+        let session_present = stored.is_some();
+        if persistent && !session_present {
+            store.save_session(&device_id, 0).await.map_err(|e| violation(e.to_string()))?;
+        }
+        let subscriptions = Arc::new(AtomicU8::new(stored.unwrap_or(0)));
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let presence = state.registry.presence().clone();
+        let reg = presence.register(&device_id, tx, subscriptions.clone());
+        if let Err(e) = state.registry.set_connection_state(&device_id, true).await {
+            tracing::warn!(device_id, %e, "could not record the connection");
+        }
+        send(&mut transport, &Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, session_present)))
+            .await?;
+        tracing::info!(device_id, session_present, "device connected");
+        let keep_alive = (connect.keep_alive > 0)
+            .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500).min(MAX_KEEP_ALIVE));
+        let now_unix = clock::unix_seconds();
+        let expires = who
+            .expires
+            .map(|se| Instant::now() + Duration::from_secs(se.saturating_sub(now_unix).max(0) as u64));
+        let c2d = C2dDelivery::new(device_id.clone());
+        let mut session = Self {
+            state,
+            transport,
+            buf,
+            device_id,
+            conn_id: reg.id,
+            persistent,
+            subscriptions,
+            keep_alive,
+            expires,
+            kick: reg.kick,
+            rx,
+            c2d,
+            last_flush: Instant::now(),
+        };
+        if session.subscribed(Subscription::C2d) {
+            session.deliver_c2d().await?;
+        }
+        Ok(session)
+    }
+
+    fn subscribed(&self, s: Subscription) -> bool {
+        self.subscriptions.load(Ordering::Relaxed) & s as u8 != 0
+    }
+
+    async fn run(mut self) -> End {
+        let end = self.run_loop().await;
+        let presence = self.state.registry.presence().clone();
+        presence.unregister(&self.device_id, self.conn_id);
+        if let Err(e) = self.state.registry.set_connection_state(&self.device_id, false).await {
+            tracing::debug!(device_id = self.device_id, %e, "could not record the disconnect");
+        }
+        self.transport.shutdown().await;
+        end
+    }
+
+    async fn run_loop(&mut self) -> End {
+        let mut last_read = Instant::now();
+        loop {
+            let keep_alive = self.keep_alive.map(|k| last_read + k);
+            tokio::select! {
+                biased;
+                _ = self.kick.notified() => return End::Kicked,
+                _ = sleep_until(self.expires) => return End::TokenExpired,
+                _ = sleep_until(keep_alive) => return End::KeepAlive,
+                read = self.transport.read(&mut self.buf) => {
+                    match read {
+                        Ok(0) => return End::Closed,
+                        Err(e) => return End::Io(e),
+                        Ok(_) => {}
+                    }
+                    last_read = Instant::now();
+                    if let Err(end) = self.drain_packets().await {
+                        return end;
+                    }
+                    self.flush_activity();
+                }
+                Some(out) = self.rx.recv() => {
+                    if let Err(end) = self.push(out).await {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles every complete packet in the buffer.
+    async fn drain_packets(&mut self) -> Result<(), End> {
+        loop {
+            let packet = match read_packet(&mut self.buf, MAX_PACKET) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => return Err(violation(e.to_string())),
+            };
+            match packet {
+                Packet::Publish(p) => self.on_publish(p).await?,
+                Packet::PubAck(ack) => {
+                    if self.c2d.acked(&self.state, ack.pkid).await {
+                        self.deliver_c2d().await?;
+                    }
+                }
+                Packet::Subscribe(s) => self.on_subscribe(s).await?,
+                Packet::Unsubscribe(u) => self.on_unsubscribe(u).await?,
+                Packet::PingReq => send(&mut self.transport, &Packet::PingResp).await?,
+                Packet::Disconnect => return Err(End::Disconnect),
+                other => return Err(violation(format!("unexpected {other:?}"))),
+            }
+        }
+        if self.buf.is_empty() && self.buf.capacity() > KEEP_BUFFER {
+            self.buf = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    /// Best-effort `lastActivityTime`, at most once a minute while busy.
+    fn flush_activity(&mut self) {
+        if self.last_flush.elapsed() < ACTIVITY_FLUSH {
+            return;
+        }
+        self.last_flush = Instant::now();
+        let registry = self.state.registry.clone();
+        let device_id = self.device_id.clone();
+        tokio::spawn(async move {
+            let _ = registry.touch_activity(&device_id, clock::now()).await;
+        });
+    }
+
+    async fn on_publish(&mut self, p: Publish) -> Result<(), End> {
+        if p.qos == QoS::ExactlyOnce {
+            return Err(violation("QoS 2 publish"));
+        }
+        let inbound = topic::parse_publish(&p.topic, &self.device_id)
+            .map_err(|e| violation(format!("publish to {}: {e}", p.topic)))?;
+        match inbound {
+            Inbound::Telemetry(bag) => {
+                if p.payload.len() + p.topic.len() > ferrohub_core::message::MAX_TELEMETRY {
+                    return Err(violation("telemetry message over 256 KB"));
+                }
+                let props = bag.parse();
+                self.state.telemetry.push(super::telemetry_event(
+                    &self.device_id,
+                    props,
+                    p.retain,
+                    &p.payload,
+                ));
+            }
+            Inbound::TwinGet { rid } => {
+                let rid = rid.to_owned();
+                let reply = self.state.registry.device_twin(&self.device_id).await;
+                self.twin_reply(&rid, reply.map(|v| (200, None, Bytes::from(v.to_string())))).await?;
+            }
+            Inbound::TwinPatchReported { rid } => {
+                let rid = rid.to_owned();
+                let reply = match serde_json::from_slice::<serde_json::Value>(&p.payload) {
+                    Ok(patch) => self.state.registry.patch_reported(&self.device_id, &patch).await,
+                    Err(e) => Err(ferrohub_core::HubError::format(format!(
+                        "The reported patch is not valid JSON: {e}"
+                    ))),
+                };
+                self.twin_reply(&rid, reply.map(|v| (204, Some(v), Bytes::new()))).await?;
+            }
+            Inbound::MethodResponse { status, rid } => {
+                let payload = if p.payload.is_empty() {
+                    serde_json::Value::Null
+                } else {
+                    serde_json::from_slice(&p.payload).unwrap_or_else(|_| {
+                        serde_json::Value::String(String::from_utf8_lossy(&p.payload).into_owned())
+                    })
+                };
+                let rid = rid.to_owned();
+                self.state.methods.complete(
+                    &self.device_id,
+                    &rid,
+                    MethodReply { status: i64::from(status), payload },
+                );
+            }
+        }
+        if p.qos == QoS::AtLeastOnce {
+            send(&mut self.transport, &Packet::PubAck(PubAck::new(p.pkid))).await?;
+        }
+        Ok(())
+    }
+
+    /// Answers a twin request on `$iothub/twin/res/{status}/?$rid=..`, with
+    /// Azure's error body on failure (the Node SDK reads only the body).
+    async fn twin_reply(
+        &mut self,
+        rid: &str,
+        reply: ferrohub_core::HubResult<(u16, Option<i64>, Bytes)>,
+    ) -> Result<(), End> {
+        if !self.subscribed(Subscription::TwinResponses) {
+            return Ok(());
+        }
+        let (status, version, body) = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                let now = clock::now().to_iso();
+                let tracking = uuid::Uuid::new_v4().simple().to_string();
+                let body = ferrohub_mqtt::error_body(e.code.numeric(), &e.message, &tracking, &now);
+                (e.code.http_status(), None, Bytes::from(body))
+            }
+        };
+        let topic = topic::twin_response(status, rid, version);
+        send(&mut self.transport, &Packet::Publish(Publish::from_bytes(topic, QoS::AtMostOnce, body))).await
+    }
+
+    async fn on_subscribe(&mut self, s: ferrohub_mqtt::v4::Subscribe) -> Result<(), End> {
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut added = 0u8;
+        for f in &s.filters {
+            let sub = topic::parse_filter(&f.path, &self.device_id)
+                .map_err(|e| violation(format!("subscribe to {}: {e}", f.path)))?;
+            added |= sub as u8;
+            codes.push(topic::granted_qos(f.qos));
+        }
+        let before = self.subscriptions.fetch_or(added, Ordering::Relaxed);
+        self.save_session().await?;
+        send(&mut self.transport, &Packet::SubAck(SubAck::new(s.pkid, codes))).await?;
+        self.state.registry.presence().notify_changed();
+        if added & Subscription::C2d as u8 != 0 && before & Subscription::C2d as u8 == 0 {
+            self.deliver_c2d().await?;
+        }
+        Ok(())
+    }
+
+    async fn on_unsubscribe(&mut self, u: ferrohub_mqtt::v4::Unsubscribe) -> Result<(), End> {
+        let mut removed = 0u8;
+        for t in &u.topics {
+            let sub = topic::parse_filter(t, &self.device_id)
+                .map_err(|e| violation(format!("unsubscribe {t}: {e}")))?;
+            removed |= sub as u8;
+        }
+        self.subscriptions.fetch_and(!removed, Ordering::Relaxed);
+        self.save_session().await?;
+        send(&mut self.transport, &Packet::UnsubAck(UnsubAck::new(u.pkid))).await
+    }
+
+    async fn save_session(&mut self) -> Result<(), End> {
+        if self.persistent {
+            let bits = self.subscriptions.load(Ordering::Relaxed);
+            self.state
+                .registry
+                .store()
+                .save_session(&self.device_id, bits)
+                .await
+                .map_err(|e| violation(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    async fn push(&mut self, out: Outbound) -> Result<(), End> {
+        match out {
+            Outbound::Desired { version, body } => {
+                let publish = Publish::from_bytes(topic::desired_patch(version), QoS::AtMostOnce, body);
+                send(&mut self.transport, &Packet::Publish(publish)).await
+            }
+            Outbound::Method { name, rid, payload } => {
+                let topic = topic::method_request(&name, &rid).map_err(|e| violation(e.to_string()))?;
+                send(
+                    &mut self.transport,
+                    &Packet::Publish(Publish::from_bytes(topic, QoS::AtMostOnce, payload)),
+                )
+                .await
+            }
+            Outbound::C2dAvailable => self.deliver_c2d().await,
+        }
+    }
+
+    async fn deliver_c2d(&mut self) -> Result<(), End> {
+        if !self.subscribed(Subscription::C2d) {
+            return Ok(());
+        }
+        for publish in self.c2d.next_batch(&self.state).await {
+            send(&mut self.transport, &Packet::Publish(publish)).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
