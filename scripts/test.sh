@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of ferrohub: formatting, clippy, the Rust unit and
 # integration tests, and the compatibility suites that drive a real
-# `ferrohub serve` with the official Azure IoT SDKs (npm azure-iothub,
-# PyPI azure-iot-hub). It installs what those need first: Debian packages
+# `ferrohub serve` with the official Azure IoT SDKs (service side: npm
+# azure-iothub, PyPI azure-iot-hub; device side: npm azure-iot-device with
+# azure-iot-device-mqtt over Mqtt and MqttWs, PyPI azure-iot-device over TCP
+# and WebSockets). It installs what those need first: Debian packages
 # with apt-get when a command is missing, npm and pip packages at the exact
 # versions pinned under compat/.
 #
@@ -12,16 +14,19 @@
 # output and the exit status is non-zero when any step failed.
 #
 # The compatibility suites start the hub on ports 443 and 8883, because the
-# official Node service SDK only dials 443 and the Python device SDK only
-# 8883. As root (CI) that just works; otherwise the script grants the test
-# binary cap_net_bind_service through `sudo -n setcap` when it can.
+# official SDKs only dial those (service REST and MQTT over WebSockets on
+# 443, MQTT over TLS on 8883). As root (CI) that just works; otherwise the
+# script grants the test binary cap_net_bind_service through `sudo -n
+# setcap` when it can. The device suites also run the ferrohub CLI
+# (`monitor-events`, `c2d-message send`) from FERROHUB_BIN.
 #
 # Environment:
 #   CARGO_TARGET_DIR        build directory (default ~/.cache/ferrohub/target,
 #                           outside the clone so a fresh clone builds fast)
 #   FERROHUB_CACHE_DIR      cache for the Python virtualenv (default ~/.cache/ferrohub)
-#   FERROHUB_BIN            the ferrohub binary the compatibility suites run
-#                           (default: the debug build this script makes)
+#   FERROHUB_BIN            the ferrohub binary the compatibility suites run,
+#                           as the hub and as the CLI they call (default: the
+#                           debug build this script makes); exported to them
 #   FERROHUB_READY_TIMEOUT  seconds to wait for the hub's ready line (default 120)
 #   FERROHUB_SUITE_TIMEOUT  seconds each compatibility suite may take (default 600)
 #   RUST_LOG                the hub's log filter (default info,tower_http=debug)
@@ -41,7 +46,7 @@ HTTPS_PORT=443
 MQTT_PORT=8883
 NODE_DIR="$ROOT/compat/node"
 PY_DIR="$ROOT/compat/python"
-BIN="${FERROHUB_BIN:-$CARGO_TARGET_DIR/debug/ferrohub}"
+BIN="$(realpath -m "${FERROHUB_BIN:-$CARGO_TARGET_DIR/debug/ferrohub}")"
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 export PYTHONDONTWRITEBYTECODE=1
@@ -184,7 +189,7 @@ install_python_packages() {
     "$VENV/bin/python" -m pip install --quiet -r "$PY_DIR/requirements.txt"
     touch "$VENV/.ferrohub-installed"
   fi
-  "$VENV/bin/python" -m pip freeze | grep -E '^(azure-iot-hub|six|pytest)=='
+  "$VENV/bin/python" -m pip freeze | grep -E '^(azure-iot-hub|azure-iot-device|paho-mqtt|six|pytest)=='
 }
 
 # --- Rust ---------------------------------------------------------------------
@@ -252,6 +257,8 @@ start_hub() {
   local env_lines
   env_lines="$("$BIN" env --data-dir "$HUB_DATA")" || { log "ferrohub env failed" >&2; return 1; }
   eval "$env_lines"
+  # The device suites run the CLI (monitor-events, c2d-message send).
+  export FERROHUB_BIN="$BIN"
   local var absent=0
   for var in IOTHUB_CONNECTION_STRING NODE_EXTRA_CA_CERTS REQUESTS_CA_BUNDLE SSL_CERT_FILE \
     FERROHUB_HTTPS_PORT FERROHUB_MQTT_PORT FERROHUB_CA; do
@@ -351,8 +358,8 @@ section "start ferrohub serve for the SDK compatibility suites"
 start=$SECONDS
 if start_hub; then
   record "ferrohub serve on :$HTTPS_PORT/:$MQTT_PORT is ready" 0 $((SECONDS - start))
-  step "Node SDK compatibility (azure-iothub)" node_suite
-  step "Python SDK compatibility (azure-iot-hub)" python_suite
+  step "Node SDK compatibility (azure-iothub, azure-iot-device)" node_suite
+  step "Python SDK compatibility (azure-iot-hub, azure-iot-device)" python_suite
   section "stop ferrohub serve with SIGTERM"
   start=$SECONDS
   stop_rc=0
@@ -361,8 +368,8 @@ if start_hub; then
   record "ferrohub serve exits 0 on SIGTERM" "$stop_rc" $((SECONDS - start))
 else
   record "ferrohub serve on :$HTTPS_PORT/:$MQTT_PORT is ready" 1 $((SECONDS - start))
-  record "Node SDK compatibility (azure-iothub): not run, no hub" 1 0
-  record "Python SDK compatibility (azure-iot-hub): not run, no hub" 1 0
+  record "Node SDK compatibility (azure-iothub, azure-iot-device): not run, no hub" 1 0
+  record "Python SDK compatibility (azure-iot-hub, azure-iot-device): not run, no hub" 1 0
 fi
 
 section "summary"

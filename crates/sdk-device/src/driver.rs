@@ -331,10 +331,7 @@ pub(crate) async fn run(
         match attempt {
             Ok((client, eventloop, session_present, renew_at)) => {
                 failures = 0;
-                if let Some(first) = first.take() {
-                    let _ = first.send(Ok(()));
-                }
-                match task.session(client, eventloop, session_present, renew_at).await {
+                match task.session(client, eventloop, session_present, renew_at, &mut first).await {
                     Ended::Closed => break,
                     Ended::Renew => {
                         tracing::debug!(device = %task.config.device_id, "reconnecting to renew the token");
@@ -427,6 +424,7 @@ impl Task {
         mut eventloop: EventLoop,
         session_present: bool,
         renew_at: Option<Instant>,
+        first: &mut Option<oneshot::Sender<Result<(), Error>>>,
     ) -> Ended {
         let generation = {
             let mut state = self.shared.state();
@@ -443,6 +441,9 @@ impl Task {
             generation
         };
         self.shared.status.send_replace(ConnectionStatus::Connected { generation, session_present });
+        if let Some(first) = first.take() {
+            let _ = first.send(Ok(()));
+        }
         tracing::debug!(device = %self.config.device_id, generation, session_present, "connected");
 
         // Far in the future stands for "never" (fixed tokens, X.509).
@@ -498,10 +499,10 @@ impl Task {
                     complete(op.reply, Outcome::Acked);
                 }
             }
-            Event::Incoming(Incoming::SubAck(ack)) => {
-                if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
-                    tracing::warn!(device = %self.config.device_id, codes = ?ack.return_codes, "the hub refused a subscription");
-                }
+            Event::Incoming(Incoming::SubAck(ack))
+                if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) =>
+            {
+                tracing::warn!(device = %self.config.device_id, codes = ?ack.return_codes, "the hub refused a subscription");
             }
             Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => {
                 self.shared.state().publish_written(pkid)

@@ -5,8 +5,9 @@ use ferrohub_core::{HubError, HubResult};
 use ferrohub_store::StoreError;
 
 use crate::clock;
-use crate::presence::{sub, Outbound};
+use crate::presence::Outbound;
 use crate::registry::Registry;
+use ferrohub_mqtt::topic::Subscription;
 
 /// Queues a message for a device (403 when 50 are already waiting) and
 /// tells its connection, if any.
@@ -21,6 +22,6 @@ pub async fn send(registry: &Registry, device_id: &str, message: &CloudToDeviceM
             StoreError::NotFound => HubError::device_not_found(device_id),
             e => crate::registry::store_error(e, device_id),
         })?;
-    registry.presence().send(device_id, sub::C2D, Outbound::C2dAvailable);
+    registry.presence().send(device_id, Subscription::C2d, Outbound::C2dAvailable);
     Ok(())
 }

@@ -10,7 +10,8 @@ use ferrohub_core::{ErrorCode, HubError, HubResult};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::presence::{sub, Delivery, Outbound, Presence};
+use crate::presence::{Delivery, Outbound, Presence};
+use ferrohub_mqtt::topic::Subscription;
 
 /// A device's answer: its status and payload (any JSON, or null).
 #[derive(Debug, Clone, PartialEq)]
@@ -90,7 +91,7 @@ impl PendingMethods {
             // not missed.
             let changed = presence.changed();
             let msg = Outbound::Method { name: name.to_owned(), rid: rid.to_owned(), payload: body.clone() };
-            if presence.send(device_id, sub::METHODS, msg) == Delivery::Queued {
+            if presence.send(device_id, Subscription::Methods, msg) == Delivery::Queued {
                 break;
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {

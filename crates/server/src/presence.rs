@@ -10,21 +10,11 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use ferrohub_mqtt::topic::Subscription;
 use tokio::sync::{mpsc, Notify};
 
-/// Bits of [`Subscriptions`].
-pub(crate) mod sub {
-    /// `devices/{d}/messages/devicebound/#`
-    pub(crate) const C2D: u8 = 1;
-    /// `$iothub/twin/res/#`
-    pub(crate) const TWIN_RESPONSES: u8 = 2;
-    /// `$iothub/twin/PATCH/properties/desired/#`
-    pub(crate) const DESIRED: u8 = 4;
-    /// `$iothub/methods/POST/#`
-    pub(crate) const METHODS: u8 = 8;
-}
-
-/// The subscriptions of a connection, readable by other tasks.
+/// The subscriptions of a connection ([`Subscription`] bits), readable by
+/// other tasks.
 pub(crate) type Subscriptions = Arc<AtomicU8>;
 
 /// Something the hub wants a connected device to receive.
@@ -115,19 +105,17 @@ impl Presence {
         self.changed.notify_waiters();
     }
 
-    /// Whether the device is connected with all of `subscription`'s bits.
-    pub(crate) fn is_subscribed(&self, device_id: &str, subscription: u8) -> bool {
-        self.lock()
-            .get(device_id)
-            .is_some_and(|c| c.subscriptions.load(Ordering::Relaxed) & subscription == subscription)
+    /// Whether the device has a live connection.
+    pub(crate) fn is_connected(&self, device_id: &str) -> bool {
+        self.lock().contains_key(device_id)
     }
 
     /// Queues `msg` for the device's connection if it has `subscription`.
     /// A full queue closes the connection (slow consumer).
-    pub(crate) fn send(&self, device_id: &str, subscription: u8, msg: Outbound) -> Delivery {
+    pub(crate) fn send(&self, device_id: &str, subscription: Subscription, msg: Outbound) -> Delivery {
         let mut conns = self.lock();
         let Some(conn) = conns.get(device_id) else { return Delivery::NotConnected };
-        if conn.subscriptions.load(Ordering::Relaxed) & subscription != subscription {
+        if conn.subscriptions.load(Ordering::Relaxed) & subscription as u8 == 0 {
             return Delivery::NotConnected;
         }
         match conn.tx.try_send(msg) {
@@ -166,32 +154,37 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn conn(p: &Presence, id: &str, cap: usize, subs: u8) -> (Registration, mpsc::Receiver<Outbound>) {
+    fn conn(
+        p: &Presence,
+        id: &str,
+        cap: usize,
+        sub: Subscription,
+    ) -> (Registration, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(cap);
-        (p.register(id, tx, Arc::new(AtomicU8::new(subs))), rx)
+        (p.register(id, tx, Arc::new(AtomicU8::new(sub as u8))), rx)
     }
 
     #[tokio::test]
     async fn a_new_connection_kicks_the_old_and_survives_its_unregister() {
         let p = Presence::default();
-        let (old, _rx1) = conn(&p, "d", 4, sub::DESIRED);
-        let (new, mut rx2) = conn(&p, "d", 4, sub::DESIRED);
+        let (old, _rx1) = conn(&p, "d", 4, Subscription::DesiredPatches);
+        let (new, mut rx2) = conn(&p, "d", 4, Subscription::DesiredPatches);
         old.kick.notified().await;
         p.unregister("d", old.id);
         assert_eq!(p.connected_count(), 1);
-        assert_eq!(p.send("d", sub::DESIRED, Outbound::C2dAvailable), Delivery::Queued);
+        assert_eq!(p.send("d", Subscription::DesiredPatches, Outbound::C2dAvailable), Delivery::Queued);
         assert!(matches!(rx2.recv().await, Some(Outbound::C2dAvailable)));
         p.unregister("d", new.id);
-        assert_eq!(p.send("d", sub::DESIRED, Outbound::C2dAvailable), Delivery::NotConnected);
+        assert_eq!(p.send("d", Subscription::DesiredPatches, Outbound::C2dAvailable), Delivery::NotConnected);
     }
 
     #[tokio::test]
     async fn sends_need_the_subscription_and_a_full_queue_kicks() {
         let p = Presence::default();
-        let (reg, _rx) = conn(&p, "d", 1, sub::C2D);
-        assert_eq!(p.send("d", sub::METHODS, Outbound::C2dAvailable), Delivery::NotConnected);
-        assert_eq!(p.send("d", sub::C2D, Outbound::C2dAvailable), Delivery::Queued);
-        assert_eq!(p.send("d", sub::C2D, Outbound::C2dAvailable), Delivery::NotConnected);
+        let (reg, _rx) = conn(&p, "d", 1, Subscription::C2d);
+        assert_eq!(p.send("d", Subscription::Methods, Outbound::C2dAvailable), Delivery::NotConnected);
+        assert_eq!(p.send("d", Subscription::C2d, Outbound::C2dAvailable), Delivery::Queued);
+        assert_eq!(p.send("d", Subscription::C2d, Outbound::C2dAvailable), Delivery::NotConnected);
         reg.kick.notified().await;
         assert_eq!(p.connected_count(), 0);
     }

@@ -17,7 +17,8 @@ use rand::Rng;
 use serde_json::Value;
 
 use crate::clock;
-use crate::presence::{sub, Outbound, Presence};
+use crate::presence::{Outbound, Presence};
+use ferrohub_mqtt::topic::Subscription;
 
 /// Writes to one device are serialised by one of these locks (chosen by a
 /// hash of the id), so desired-property notifications leave in `$version`
@@ -172,15 +173,23 @@ impl Registry {
         req: DeviceRequest,
         if_match: &IfMatch,
     ) -> HubResult<Device> {
-        self.modify(device_id, |record| {
-            if_match.check(&record.device.etag)?;
-            let next = record.device.updated(req.clone(), minted(clock::now(), &mut new_key))?;
-            let changed = next != record.device;
-            record.device = next;
-            Ok(changed)
-        })
-        .await
-        .map(|r| r.device)
+        let device = self
+            .modify(device_id, |record| {
+                if_match.check(&record.device.etag)?;
+                let next = record.device.updated(req.clone(), minted(clock::now(), &mut new_key))?;
+                let changed = next != record.device;
+                record.device = next;
+                Ok(changed)
+            })
+            .await?
+            .device;
+        // A disabled device loses its live connection at once. New keys do
+        // not end a connection made with the old ones: as in Azure, its
+        // token stays valid until it expires.
+        if device.status == ferrohub_core::identity::DeviceStatus::Disabled {
+            self.presence.kick(device_id);
+        }
+        Ok(device)
     }
 
     /// Deletes a device (and its twin) under an If-Match precondition.
@@ -255,7 +264,7 @@ impl Registry {
         if let Some(body) = patch {
             let version = record.twin.desired.version;
             let body = bytes::Bytes::from(body.to_string());
-            self.presence.send(device_id, sub::DESIRED, Outbound::Desired { version, body });
+            self.presence.send(device_id, Subscription::DesiredPatches, Outbound::Desired { version, body });
         }
     }
 
@@ -280,6 +289,12 @@ impl Registry {
         use ferrohub_core::identity::ConnectionState;
         let state = if connected { ConnectionState::Connected } else { ConnectionState::Disconnected };
         self.modify(device_id, |record| {
+            // A connection that was replaced must not mark its successor's
+            // device disconnected. Checked under the device's write lock,
+            // which the successor's "connected" write also takes.
+            if !connected && self.presence.is_connected(device_id) {
+                return Ok(false);
+            }
             let now = clock::now().to_iso();
             record.device.connection_state = state;
             record.device.connection_state_updated_time = now.clone();

@@ -12,6 +12,8 @@
 //! other.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)] // each test crate uses a different part
 
+pub mod mqtt;
+
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
