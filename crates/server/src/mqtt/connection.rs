@@ -314,7 +314,9 @@ impl Session {
             .map_err(|e| violation(format!("publish to {}: {e}", p.topic)))?;
         match inbound {
             Inbound::Telemetry(bag) => {
-                if p.payload.len() + p.topic.len() > ferrohub_core::message::MAX_TELEMETRY {
+                // The SDKs allow payloads of up to 256 KiB with properties on
+                // top, so the cap is on the payload.
+                if p.payload.len() > ferrohub_core::message::MAX_TELEMETRY {
                     return Err(violation("telemetry message over 256 KB"));
                 }
                 let props = bag.parse();
