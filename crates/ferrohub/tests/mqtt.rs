@@ -563,3 +563,73 @@ fn pubp(topic: &str, qos: QoS) -> Packet {
     p.pkid = 1;
     Packet::Publish(p)
 }
+
+/// A self-signed client certificate and its SHA-1 thumbprint.
+fn self_signed(dir: &std::path::Path, cn: &str) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let cert = dir.join(format!("{cn}.pem"));
+    let key = dir.join(format!("{cn}-key.pem"));
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+        ])
+        .args(["-subj", &format!("/CN={cn}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha1", "-in"])
+        .arg(&cert)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let thumb = text.trim().rsplit('=').next().unwrap().replace(':', "");
+    (cert, key, thumb)
+}
+
+#[tokio::test]
+async fn self_signed_devices_connect_with_their_certificate_only() {
+    let hub = TestHub::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, thumb) = self_signed(dir.path(), "x509dev");
+    let (other_cert, other_key, _) = self_signed(dir.path(), "intruder");
+    let body = json!({"deviceId":"x509dev","authentication":{"type":"selfSigned","x509Thumbprint":{"primaryThumbprint":thumb.to_lowercase()}}});
+    let res = http(&hub)
+        .put(format!("https://localhost:{}/devices/x509dev?api-version=2021-04-12", hub.https_port()))
+        .header("authorization", owner_token(&hub))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let attempt = |chain: std::path::PathBuf, key: std::path::PathBuf| {
+        let hub = &hub;
+        async move {
+            let mut c = RawMqtt::open_with_cert(hub, Some((&chain, &key))).await;
+            c.send(connect_packet("x509dev", "", 60, true)).await;
+            match c.recv().await {
+                Some(Packet::ConnAck(a)) => a.code,
+                other => panic!("expected CONNACK, got {other:?}"),
+            }
+        }
+    };
+    let code = attempt(cert.clone(), key.clone()).await;
+    assert_eq!(code, ConnectReturnCode::Success, "{}", hub.log());
+    assert_eq!(attempt(other_cert, other_key).await, ConnectReturnCode::NotAuthorized);
+    // Without a certificate at all.
+    let (_c, ack) = RawMqtt::connect(&hub, "x509dev", "", 60, true).await;
+    assert_eq!(ack.code, ConnectReturnCode::NotAuthorized);
+}

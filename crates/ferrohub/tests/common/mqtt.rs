@@ -59,6 +59,11 @@ pub struct RawMqtt {
 impl RawMqtt {
     /// Opens TLS to the hub's MQTT port (nothing sent yet).
     pub async fn open(hub: &TestHub) -> Self {
+        Self::open_with_cert(hub, None).await
+    }
+
+    /// Opens TLS presenting a client certificate (PEM chain and key files).
+    pub async fn open_with_cert(hub: &TestHub, cert: Option<(&std::path::Path, &std::path::Path)>) -> Self {
         let ca = std::fs::read(hub.ca_file()).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
@@ -68,8 +73,19 @@ impl RawMqtt {
             rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()
                 .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+                .with_root_certificates(roots);
+        let config = match cert {
+            None => config.with_no_client_auth(),
+            Some((chain, key)) => {
+                let chain = rustls_pemfile::certs(&mut std::fs::read(chain).unwrap().as_slice())
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap();
+                let key = rustls_pemfile::private_key(&mut std::fs::read(key).unwrap().as_slice())
+                    .unwrap()
+                    .unwrap();
+                config.with_client_auth_cert(chain, key).unwrap()
+            }
+        };
         let tcp = TcpStream::connect(("127.0.0.1", hub.mqtt_port())).await.unwrap();
         let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect("localhost".try_into().unwrap(), tcp)
