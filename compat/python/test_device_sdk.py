@@ -260,6 +260,14 @@ def test_c2d_message_from_ferrohub_cli(dev):
     assert message.custom_properties["color"] == "blue"
     assert message.custom_properties["marker"] == marker
 
+    # A second message, queued after the first was acknowledged, arrives too.
+    sent = subprocess.run(
+        [ferrohub_bin(), "c2d-message", "send", "--device-id", dev.device_id, "--data", "again " + marker],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=STEP,
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert get(dev.messages, "the second C2D message").data == ("again " + marker).encode()
+
 
 def test_server_verification_cert_from_ferrohub_ca(registry, connection_string, new_id):
     """The CA passed explicitly, as the SDK's own option, instead of SSL_CERT_FILE."""

@@ -321,6 +321,12 @@ for (const [transportName, Transport] of [['Mqtt', Mqtt], ['MqttWs', MqttWs]]) {
       assert.equal(msg.properties.getValue('color'), 'blue');
       assert.equal(msg.properties.getValue('marker'), marker);
       await ok(client.complete(msg), 'complete');
+
+      // A second message, queued after the first was acknowledged, arrives too.
+      const second = nextEvent(client, 'message', (m) => m.data.toString() === `again ${marker}`);
+      await ok(ferrohub(['c2d-message', 'send', '--device-id', deviceId, '--data', `again ${marker}`]),
+        'ferrohub c2d-message send (second)');
+      await withTimeout(second, 'second C2D message on the device');
     });
   });
 }

@@ -446,11 +446,16 @@ impl State {
         self.conn = None;
         self.awaiting_pkid.clear();
         self.by_pkid.clear();
-        self.ops.retain(|_, op| !matches!(op.reply, Reply::Sync));
+        self.remove_sync_gets();
         for op in self.ops.values_mut() {
             op.sent = false;
         }
         self.backlog = false;
+    }
+
+    /// Forgets the connection task's unanswered twin GETs.
+    pub(crate) fn remove_sync_gets(&mut self) {
+        self.ops.retain(|_, op| !matches!(op.reply, Reply::Sync));
     }
 
     /// Queues the connection task's own twin GET.

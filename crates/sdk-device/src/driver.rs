@@ -8,6 +8,7 @@
 //! (close, token renewal), so rumqttc's internal state is never left half
 //! updated on a connection that continues.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,7 +22,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep, sleep_until, Instant};
 
-use crate::client::{complete, fail, parse_twin, AckToken, ConnectionStatus, Outcome, Shared};
+use crate::client::{complete, fail, parse_twin, AckToken, ConnectionStatus, Outcome, Shared, State};
 use crate::options::Transport;
 use crate::topic::{self, Inbound};
 use crate::{
@@ -41,6 +42,8 @@ const INFLIGHT: u16 = 16;
 /// Requests queued towards rumqttc per connection (its channel grows on
 /// demand; this only bounds it).
 const REQUEST_CHANNEL: usize = 256;
+/// Initial room for events rumqttc buffers between polls.
+const EVENT_QUEUE: usize = 4;
 /// Largest packet either way: 256 KiB of telemetry plus topic and headers.
 const MAX_PACKET: usize = 300 * 1024;
 /// How long a graceful DISCONNECT may take.
@@ -80,6 +83,8 @@ pub(crate) struct Config {
     token_ttl: Duration,
     renew_before: Duration,
     backoff: Backoff,
+    /// How long a sync GET may go unanswered.
+    sync_timeout: Duration,
     methods: bool,
     c2d: bool,
     desired: bool,
@@ -142,6 +147,7 @@ impl Config {
             token_ttl: options.token_ttl,
             renew_before: options.renew_before,
             backoff: options.backoff,
+            sync_timeout: options.operation_timeout,
             methods: options.receive_methods,
             c2d: options.receive_c2d,
             desired: options.receive_desired,
@@ -319,7 +325,7 @@ pub(crate) async fn run(
 ) {
     let mut first = Some(first);
     let mut task =
-        Task { shared: shared.clone(), config, sinks, tracker: DesiredTracker::new(), sync_retry_at: None };
+        Task { shared: shared.clone(), config, sinks, tracker: DesiredTracker::new(), sync_retry_at: None, sync_deadline: None };
     let started = Instant::now();
     let mut failures: u32 = 0;
     while !shared.is_closed() {
@@ -397,6 +403,8 @@ struct Task {
     sinks: Sinks,
     tracker: DesiredTracker,
     sync_retry_at: Option<Instant>,
+    /// When an unanswered sync GET is given up (and sent again).
+    sync_deadline: Option<Instant>,
 }
 
 impl Task {
@@ -408,6 +416,10 @@ impl Task {
         network.set_connection_timeout(self.config.attempt_timeout.as_secs().max(1));
         network.set_tcp_nodelay(true);
         eventloop.set_network_options(network);
+        // rumqttc reserves room for 100 buffered events (about 14 KiB) per
+        // connection; a handful is plenty when the task polls promptly, and
+        // the queue still grows if a burst needs it.
+        eventloop.state.events = VecDeque::with_capacity(EVENT_QUEUE);
         match eventloop.poll().await {
             Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
                 Ok((client, eventloop, ack.session_present, renew_at))
@@ -433,9 +445,7 @@ impl Task {
                 tracing::warn!(error = %e, "could not queue the SUBSCRIBE");
             }
             if self.config.desired {
-                self.tracker.begin_sync();
-                self.sync_retry_at = None;
-                state.enqueue_sync_get();
+                self.start_sync(&mut state);
             }
             state.flush();
             generation
@@ -514,17 +524,30 @@ impl Task {
     /// Housekeeping after each event: operations that did not fit in the
     /// request channel, and a wanted desired-property resync.
     fn after_event(&mut self) {
-        let wants_get =
-            self.config.desired && self.tracker.wants_get() && self.sync_retry_at.is_none_or_past();
         let mut state = self.shared.state();
         if state.has_backlog() {
             state.flush();
         }
-        if wants_get {
-            self.tracker.begin_sync();
-            self.sync_retry_at = None;
-            state.enqueue_sync_get();
+        if !self.config.desired {
+            return;
         }
+        if self.tracker.is_syncing() && self.sync_deadline.is_some_and(|at| Instant::now() >= at) {
+            tracing::warn!(device = %self.config.device_id, "twin GET for desired properties unanswered; retrying");
+            state.remove_sync_gets();
+            self.tracker.on_get_failed();
+            self.sync_retry_at = None;
+        }
+        if self.tracker.wants_get() && self.sync_retry_at.is_none_or_past() {
+            self.start_sync(&mut state);
+        }
+    }
+
+    /// Sends a twin GET for desired-property continuity.
+    fn start_sync(&mut self, state: &mut State) {
+        self.tracker.begin_sync();
+        self.sync_retry_at = None;
+        self.sync_deadline = Some(Instant::now() + self.config.sync_timeout);
+        state.enqueue_sync_get();
     }
 
     fn on_publish(&mut self, publish: Publish, client: &AsyncClient, generation: u64) {

@@ -247,6 +247,24 @@ async fn desired_versions_stay_continuous_across_reconnects() {
 }
 
 #[tokio::test]
+async fn an_unanswered_sync_get_is_sent_again() {
+    let hub = MockHub::start().await;
+    hub.state().ignore_twin_gets = 1;
+    let opts = DeviceOptions {
+        keep_alive: Duration::from_secs(1),
+        operation_timeout: Duration::from_millis(500),
+        ..options(&hub)
+    };
+    let client = DeviceClient::connect(&connection_string("d1"), opts).await.unwrap();
+    let mut desired = client.desired_updates().unwrap();
+    let v2 = hub.update_desired(json!({"held": true}), true);
+    // The patch waits for the GET; the retried GET brings the full document.
+    let update = next_update(&mut desired).await;
+    assert_eq!((update.version, update.full), (v2, true));
+    assert_eq!(hub.state().twin_gets, 1);
+}
+
+#[tokio::test]
 async fn unacknowledged_telemetry_is_sent_again_after_a_reconnect() {
     let hub = MockHub::start().await;
     let client = connect(&hub).await;

@@ -371,9 +371,8 @@ impl Session {
         rid: &str,
         reply: ferrohub_core::HubResult<(u16, Option<i64>, Bytes)>,
     ) -> Result<(), End> {
-        if !self.subscribed(Subscription::TwinResponses) {
-            return Ok(());
-        }
+        // Answered even without a `$iothub/twin/res/#` subscription: the
+        // Python SDK GETs the twin after every reconnect without one.
         let (status, version, body) = match reply {
             Ok(r) => r,
             Err(e) => {
