@@ -439,7 +439,8 @@ impl Task {
         first: &mut Option<oneshot::Sender<Result<(), Error>>>,
     ) -> Ended {
         let generation = {
-            let mut state = self.shared.state();
+            let shared = self.shared.clone();
+            let mut state = shared.state();
             let generation = state.connected(client.clone());
             if let Err(e) = client.try_subscribe_many(self.config.filters()) {
                 tracing::warn!(error = %e, "could not queue the SUBSCRIBE");
@@ -524,7 +525,8 @@ impl Task {
     /// Housekeeping after each event: operations that did not fit in the
     /// request channel, and a wanted desired-property resync.
     fn after_event(&mut self) {
-        let mut state = self.shared.state();
+        let shared = self.shared.clone();
+        let mut state = shared.state();
         if state.has_backlog() {
             state.flush();
         }

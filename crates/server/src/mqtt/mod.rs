@@ -67,9 +67,14 @@ pub(crate) async fn accept_loop(
 }
 
 /// `GET /$iothub/websocket`: MQTT over WebSockets. The `mqtt` subprotocol is
-/// echoed (the Node SDK fails without it).
+/// echoed (the Node SDK fails without it). Unmasked client frames are
+/// accepted because paho (the Python SDK) answers pings and closes with
+/// them; the hub itself never pings over the WebSocket, MQTT keep-alive does
+/// that job.
 pub(crate) async fn websocket(AxState(state): AxState<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
     ws.protocols(["mqtt"])
+        .accept_unmasked_frames(true)
+        .max_message_size(ferrohub_mqtt::MAX_PACKET * 2)
         .on_upgrade(move |socket| connection::serve(state, Transport::Ws(Box::new(socket)), None))
 }
 
