@@ -324,8 +324,14 @@ pub(crate) async fn run(
     first: oneshot::Sender<Result<(), Error>>,
 ) {
     let mut first = Some(first);
-    let mut task =
-        Task { shared: shared.clone(), config, sinks, tracker: DesiredTracker::new(), sync_retry_at: None, sync_deadline: None };
+    let mut task = Task {
+        shared: shared.clone(),
+        config,
+        sinks,
+        tracker: DesiredTracker::new(),
+        sync_retry_at: None,
+        sync_deadline: None,
+    };
     let started = Instant::now();
     let mut failures: u32 = 0;
     while !shared.is_closed() {
