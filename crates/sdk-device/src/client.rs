@@ -71,7 +71,6 @@ pub enum ConnectionStatus {
 /// A direct-method call from the back end. Answer it with
 /// [`MethodRequest::respond`]; the invoker waits for that answer until its
 /// response timeout.
-#[derive(Debug)]
 pub struct MethodRequest {
     /// The method name.
     pub name: String,
@@ -81,6 +80,16 @@ pub struct MethodRequest {
     /// holding the text if it was not JSON).
     pub payload: Value,
     shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for MethodRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MethodRequest")
+            .field("name", &self.name)
+            .field("rid", &self.rid)
+            .field("payload", &self.payload)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MethodRequest {

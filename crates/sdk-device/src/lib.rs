@@ -59,7 +59,10 @@
 //! # }
 //! ```
 //!
-//! A runnable version is `examples/device.rs`.
+//! A runnable version is `examples/device.rs`
+//! (`cargo run -p ferrohub-device-client --example device -- --help`);
+//! `examples/many_devices.rs` connects many devices from one process and
+//! prints the memory each connection costs.
 
 mod backoff;
 mod client;

@@ -1,13 +1,19 @@
 //! An async client for the IoT Hub service REST API: device identities,
-//! twins and registry statistics. It speaks to ferrohub and to Azure IoT Hub
-//! alike, authenticating with a shared access policy from a hub connection
-//! string and minting a fresh one-hour SAS token for every request.
+//! twins, registry statistics, direct methods
+//! ([`ServiceClient::invoke_method`]), cloud-to-device messages
+//! ([`ServiceClient::send_c2d`]) and ferrohub's live telemetry stream
+//! ([`ServiceClient::events`], `GET /events`, which Azure serves through
+//! Event Hubs instead). It speaks to ferrohub and to Azure IoT Hub alike,
+//! authenticating with a shared access policy from a hub connection string
+//! and minting a fresh one-hour SAS token for every request.
 //!
 //! TLS trusts the system's roots (which honour `SSL_CERT_FILE`) plus, when
 //! given, an extra CA file such as ferrohub's `DIR/ca.pem`.
 //!
 //! ```no_run
-//! use ferrohub_service_client::{ClientOptions, NewDevice, ServiceClient};
+//! use std::time::Duration;
+//!
+//! use ferrohub_service_client::{C2dMessage, ClientOptions, NewDevice, ServiceClient};
 //! use serde_json::json;
 //!
 //! # async fn demo() -> Result<(), ferrohub_service_client::Error> {
@@ -26,6 +32,19 @@
 //! match client.get_device("no-such-device").await {
 //!     Err(e) if e.code() == Some("DeviceNotFound") => println!("as expected: {e}"),
 //!     other => println!("unexpected: {other:?}"),
+//! }
+//!
+//! // Talk to the device: a direct method, a cloud-to-device message, and
+//! // the telemetry it sends.
+//! let answer = client
+//!     .invoke_method("thermostat-1", "reboot", &json!({"delay": 5}), Duration::from_secs(30), Duration::ZERO)
+//!     .await?;
+//! println!("device answered {} {}", answer.status, answer.payload);
+//! client.send_c2d("thermostat-1", &C2dMessage::new("hello").property("kind", "greeting")).await?;
+//! let mut events = client.events(Some("thermostat-1"), None).await?;
+//! while let Some(event) = events.next().await {
+//!     let event = event?;
+//!     println!("{} sent {:?}", event.device_id, event.body_text());
 //! }
 //! # Ok(())
 //! # }
