@@ -26,14 +26,16 @@ const MIGRATIONS: &[&str] = &[
         device_id     TEXT PRIMARY KEY NOT NULL REFERENCES devices (device_id) ON DELETE CASCADE,
         subscriptions INTEGER NOT NULL
     ) WITHOUT ROWID;
+    -- AUTOINCREMENT: a seq is never reused, even after the queue empties,
+    -- so a connection's delivery cursor only moves forward.
     CREATE TABLE c2d_messages (
+        seq            INTEGER PRIMARY KEY AUTOINCREMENT,
         device_id      TEXT NOT NULL REFERENCES devices (device_id) ON DELETE CASCADE,
-        seq            INTEGER NOT NULL,
         expiry_unix    INTEGER NOT NULL,
         delivery_count INTEGER NOT NULL DEFAULT 0,
-        message        TEXT NOT NULL,
-        PRIMARY KEY (device_id, seq)
-    ) WITHOUT ROWID;",
+        message        TEXT NOT NULL
+    );
+    CREATE INDEX c2d_by_device ON c2d_messages (device_id, seq);",
 ];
 
 /// The schema version this build writes.

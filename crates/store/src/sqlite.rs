@@ -306,22 +306,18 @@ impl Store for SqliteStore {
                 params![id, now_unix],
             )
             .map_err(backend)?;
-            let (count, last): (i64, i64) = tx
-                .query_row(
-                    "SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM c2d_messages WHERE device_id = ?1",
-                    params![id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
+            let count: i64 = tx
+                .query_row("SELECT COUNT(*) FROM c2d_messages WHERE device_id = ?1", params![id], |r| r.get(0))
                 .map_err(backend)?;
             if count as usize >= max_depth {
                 return Err(StoreError::QueueFull);
             }
-            let seq = last + 1;
             tx.execute(
-                "INSERT INTO c2d_messages (device_id, seq, expiry_unix, message) VALUES (?1, ?2, ?3, ?4)",
-                params![id, seq, expiry_unix, message],
+                "INSERT INTO c2d_messages (device_id, expiry_unix, message) VALUES (?1, ?2, ?3)",
+                params![id, expiry_unix, message],
             )
             .map_err(foreign_key_or_backend)?;
+            let seq = tx.last_insert_rowid();
             tx.commit().map_err(backend)?;
             Ok(seq)
         })
@@ -499,6 +495,13 @@ mod tests {
         // At time 1001 the first (expiry 1000) is gone, making room.
         assert_eq!(s.pending_c2d("q", 0, 1_001, 10).await.unwrap().len(), 1);
         s.enqueue_c2d("q", 5_000, "late".into(), 3, 1_001).await.unwrap();
+        // A queue that empties does not reuse its seqs (delivery cursors only
+        // move forward).
+        s.create_device(&record("r")).await.unwrap();
+        let a = s.enqueue_c2d("r", 5_000, "a".into(), 3, 0).await.unwrap();
+        s.complete_c2d("r", a).await.unwrap();
+        let b = s.enqueue_c2d("r", 5_000, "b".into(), 3, 0).await.unwrap();
+        assert!(b > a, "seq {b} after {a}");
         s.save_session("q", 0b101).await.unwrap();
         assert_eq!(s.load_session("q").await.unwrap(), Some(0b101));
         s.delete_device("q", None).await.unwrap();
