@@ -124,6 +124,16 @@ async fn every_feature(websocket: bool) {
     assert_eq!(msg.properties.get("color").map(String::as_str), Some("blue sky/1"));
     assert_eq!(msg.message_id.as_deref(), Some("c-1"));
     assert_eq!(msg.to.as_deref(), Some(format!("/devices/{id}/messages/deviceBound").as_str()));
+    // A second message, queued after the first was taken, arrives too.
+    let res = reqwest_client(&hub)
+        .post(format!("https://localhost:{}/devices/{id}/messages/deviceBound", hub.https_port()))
+        .header("authorization", owner_token(&hub))
+        .body("again")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 204);
+    assert_eq!(within("second c2d", c2d.recv()).await.unwrap().body_text(), "again");
     client.close().await;
 }
 

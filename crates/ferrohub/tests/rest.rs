@@ -199,6 +199,9 @@ fn raw_exchange(hub: &TestHub, head: String, body_bytes: usize, chunked: bool) -
             break;
         }
     }
+    if chunked {
+        let _ = tls.write_all(b"0\r\n\r\n");
+    }
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     while !out.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -218,9 +221,9 @@ async fn oversized_bodies_are_refused_with_413_and_nothing_changes() {
     assert_eq!(s, StatusCode::OK);
     let (_, _, before) = raw.send(Method::GET, "/twins/big", Some(raw.token()), &[], None).await;
     let token = raw.token();
-    // Declared too large: answered from the headers, before any body byte.
+    // Declared far too large: answered from the headers, before any body byte.
     let declared = format!(
-        "PATCH /twins/big HTTP/1.1\r\nHost: localhost\r\nAuthorization: {token}\r\nContent-Type: application/json\r\nContent-Length: 400000\r\n\r\n"
+        "PATCH /twins/big HTTP/1.1\r\nHost: localhost\r\nAuthorization: {token}\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\n\r\n"
     );
     let answer = raw_exchange(&hub, declared, 0, false);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");

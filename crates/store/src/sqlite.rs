@@ -307,7 +307,9 @@ impl Store for SqliteStore {
             )
             .map_err(backend)?;
             let count: i64 = tx
-                .query_row("SELECT COUNT(*) FROM c2d_messages WHERE device_id = ?1", params![id], |r| r.get(0))
+                .query_row("SELECT COUNT(*) FROM c2d_messages WHERE device_id = ?1", params![id], |r| {
+                    r.get(0)
+                })
                 .map_err(backend)?;
             if count as usize >= max_depth {
                 return Err(StoreError::QueueFull);

@@ -37,12 +37,8 @@ pub(super) async fn send(
             format!("A cloud-to-device message is at most {MAX_C2D_BODY} bytes"),
         ))
     };
-    let declared =
-        headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_C2D_BODY) {
-        return Err(too_large());
-    }
-    let body = axum::body::to_bytes(req.into_body(), MAX_C2D_BODY).await.map_err(|_| too_large())?;
+    let body =
+        super::body::read_limited(&headers, req.into_body(), MAX_C2D_BODY).await.map_err(|_| too_large())?;
     let now = crate::clock::now();
     let mut properties = std::collections::BTreeMap::new();
     for (name, value) in &headers {
