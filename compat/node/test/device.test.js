@@ -364,13 +364,9 @@ describe('azure-iot-device with an X.509 self-signed certificate against ferrohu
   }
 
   // Over MqttWs the SDK presents the certificate in the TLS handshake on
-  // port 443 too; ferrohub's HTTPS listener does not ask for client
-  // certificates yet, so that case is a known gap (a todo: reported, not
-  // failing the run) until it does.
-  const todo = { MqttWs: 'the HTTPS listener does not request client certificates yet' };
+  // port 443; the hub's HTTPS listener asks for it as the MQTT one does.
   for (const [transportName, Transport] of [['Mqtt', Mqtt], ['MqttWs', MqttWs]]) {
-    it(`connects with the registered certificate over ${transportName} and gets its twin`,
-      { todo: todo[transportName] }, async () => {
+    it(`connects with the registered certificate over ${transportName} and gets its twin`, async () => {
       const credentials = selfSignedCertificate(`x509-ok-${transportName}`);
       const { client } = await x509Client(`ok-${transportName.toLowerCase()}`,
         credentials.thumbprint, credentials, Transport);

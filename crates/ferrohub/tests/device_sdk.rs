@@ -358,9 +358,19 @@ async fn x509_devices_connect_with_their_certificate() {
         .await
         .unwrap();
     assert_eq!(res.status().as_u16(), 200);
-    let opts = DeviceOptions { client_cert: Some(cert), client_key: Some(key), ..options(&hub, false) };
-    let client = within("connect", DeviceClient::connect("HostName=localhost;DeviceId=xdev;x509=true", opts))
-        .await
-        .unwrap();
-    assert_eq!(within("reported", client.update_reported(&json!({"ok":true}))).await.unwrap(), 2);
+    // Over TLS on the MQTT port, then over WebSockets on the HTTPS port.
+    for (websocket, version) in [(false, 2), (true, 3)] {
+        let opts = DeviceOptions {
+            client_cert: Some(cert.clone()),
+            client_key: Some(key.clone()),
+            ..options(&hub, websocket)
+        };
+        let client =
+            within("connect", DeviceClient::connect("HostName=localhost;DeviceId=xdev;x509=true", opts))
+                .await
+                .unwrap();
+        let v = within("reported", client.update_reported(&json!({"websocket": websocket}))).await.unwrap();
+        assert_eq!(v, version);
+        client.close().await;
+    }
 }

@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod bulk;
 pub mod c2d;
+mod client_cert;
 mod clock;
 mod fsutil;
 pub mod hubfile;
@@ -61,8 +62,12 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         (None, None) => tls::generated(dir, &opts.host_names)?,
         _ => anyhow::bail!("--tls-cert and --tls-key go together"),
     };
-    let https_tls = tls::server_config(&identity, &[b"http/1.1"], None)?;
-    let mqtt_tls = tls::server_config(&identity, &[], Some(Arc::new(mqtt::AnyClientCert::new())))?;
+    // Both listeners ask for (never require) a client certificate: X.509
+    // devices present one over MQTT on either port.
+    let client_certs: Arc<dyn rustls::server::danger::ClientCertVerifier> =
+        Arc::new(mqtt::AnyClientCert::new());
+    let https_tls = tls::server_config(&identity, &[b"http/1.1"], Some(client_certs.clone()))?;
+    let mqtt_tls = tls::server_config(&identity, &[], Some(client_certs))?;
 
     let (addrs, defaults) = listen::addresses(&opts.bind);
     let https = listen::bind_https(&addrs, opts.https_port, defaults)?;
@@ -83,7 +88,10 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let rustls_config = axum_server::tls_rustls::RustlsConfig::from_config(https_tls);
     let mut tasks = tokio::task::JoinSet::new();
     for listener in https.listeners {
-        let server = axum_server::from_tcp_rustls(listener, rustls_config.clone()).handle(handle.clone());
+        let acceptor = client_cert::ClientCertAcceptor::new(axum_server::tls_rustls::RustlsAcceptor::new(
+            rustls_config.clone(),
+        ));
+        let server = axum_server::from_tcp(listener).acceptor(acceptor).handle(handle.clone());
         let app = app.clone();
         tasks.spawn(
             async move { server.serve(app.into_make_service()).await.context("HTTPS listener failed") },

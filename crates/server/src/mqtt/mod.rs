@@ -67,15 +67,22 @@ pub(crate) async fn accept_loop(
 }
 
 /// `GET /$iothub/websocket`: MQTT over WebSockets. The `mqtt` subprotocol is
-/// echoed (the Node SDK fails without it). Unmasked client frames are
+/// echoed (the Node SDK fails without it). A client certificate presented to
+/// the HTTPS listener authenticates `selfSigned` devices here as on 8883.
+/// Unmasked client frames are
 /// accepted because paho (the Python SDK) answers pings and closes with
 /// them; the hub itself never pings over the WebSocket, MQTT keep-alive does
 /// that job.
-pub(crate) async fn websocket(AxState(state): AxState<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
+pub(crate) async fn websocket(
+    AxState(state): AxState<Arc<AppState>>,
+    cert: Option<axum::Extension<crate::client_cert::PeerCertificate>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let cert = cert.and_then(|axum::Extension(c)| c.0).map(|c| c.as_ref().clone());
     ws.protocols(["mqtt"])
         .accept_unmasked_frames(true)
         .max_message_size(ferrohub_mqtt::MAX_PACKET * 2)
-        .on_upgrade(move |socket| connection::serve(state, Transport::Ws(Box::new(socket)), None))
+        .on_upgrade(move |socket| connection::serve(state, Transport::Ws(Box::new(socket)), cert))
 }
 
 /// The telemetry event for a device's publish.
