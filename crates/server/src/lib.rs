@@ -39,6 +39,11 @@ pub const DB_FILE: &str = "hub.db";
 /// and the `iothubowner` connection string on stdout once every listener is
 /// bound, and removes `hub.json` on the way out.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    // Signal handlers go in first: a SIGTERM that arrives right after the
+    // ready line must shut down cleanly, not kill the process.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("watching SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("watching SIGINT")?;
     let dir = &opts.data_dir;
     fsutil::create_private_dir(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
 
@@ -117,7 +122,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     tracing::info!(https = https.port, mqtt = mqtt.port, data_dir = %dir.display(), "hub ready");
 
     let result = tokio::select! {
-        _ = shutdown_signal() => Ok(()),
+        _ = terminate.recv() => Ok(()),
+        _ = interrupt.recv() => Ok(()),
         Some(r) = tasks.join_next() => r.context("listener task panicked").and_then(|r| r),
     };
     tracing::info!("shutting down");
@@ -125,19 +131,4 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     HubInfo::remove(dir);
     tasks.abort_all();
     result
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(%e, "cannot watch SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
