@@ -364,7 +364,7 @@ describe('azure-iot-device with an X.509 self-signed certificate against ferrohu
   }
 
   // Over MqttWs the SDK presents the certificate in the TLS handshake on
-  // port 443; the hub's HTTPS listener asks for it as the MQTT one does.
+  // port 443 (mqtt.js copies cert and key into the wss options).
   for (const [transportName, Transport] of [['Mqtt', Mqtt], ['MqttWs', MqttWs]]) {
     it(`connects with the registered certificate over ${transportName} and gets its twin`, async () => {
       const credentials = selfSignedCertificate(`x509-ok-${transportName}`);

@@ -17,7 +17,7 @@ use rumqttc::mqttbytes::v4::SubscribeReasonCode;
 use rumqttc::mqttbytes::QoS;
 
 use crate::bag::PropertyBag;
-use crate::pct::{decode_lossy, names_device, push_quoted};
+use crate::pct::{decode_lossy, names_device};
 
 /// What a device's PUBLISH is, by its topic. Borrows from the topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,14 +265,15 @@ pub fn method_request(name: &str, rid: &str) -> Result<String, TopicError> {
 /// `devices/{d}/messages/devicebound/{bag}`, with `bag` from
 /// [`format_bag`](crate::format_bag).
 ///
-/// The id is percent-encoded like Python's `quote(id, safe="")`: the Python
-/// SDK recognises a cloud-to-device topic only by that form, while Node
-/// matches `devices/.*/messages/devicebound/.*` and ignores the id. Ids made
-/// of letters, digits, `-`, `.` and `_` are unchanged.
+/// The id goes in raw: the pinned Python SDK (2.14.0) recognises a
+/// cloud-to-device topic by the substring `devices/{raw id}/messages/devicebound`
+/// (its docs say ids are not URL-encoded in topics), and Node matches
+/// `devices/.*/messages/devicebound/.*` whatever the id. Azure's id
+/// characters include no `/`, `+` or `#`, so a raw id is a valid topic level.
 pub fn c2d(device_id: &str, bag: &str) -> String {
     let mut t = String::with_capacity(36 + device_id.len() + bag.len());
     t.push_str("devices/");
-    push_quoted(&mut t, device_id);
+    t.push_str(device_id);
     t.push_str("/messages/devicebound/");
     t.push_str(bag);
     t
@@ -449,7 +450,7 @@ mod tests {
             assert_eq!(method_request("m", bad), Err(TopicError::InvalidRid), "{bad:?}");
         }
         assert_eq!(c2d("d1", ""), "devices/d1/messages/devicebound/");
-        assert_eq!(c2d("a$b(c)", "k=v"), "devices/a%24b%28c%29/messages/devicebound/k=v");
+        assert_eq!(c2d("a$b(c)", "k=v"), "devices/a$b(c)/messages/devicebound/k=v");
     }
 
     #[test]
