@@ -29,7 +29,7 @@
 #                           debug build this script makes); exported to them
 #   FERROHUB_READY_TIMEOUT  seconds to wait for the hub's ready line (default 120)
 #   FERROHUB_SUITE_TIMEOUT  seconds each compatibility suite may take (default 600)
-#   RUST_LOG                the hub's log filter (default info,tower_http=debug)
+#   RUST_LOG                the hub's log filter (default info,tower_http=debug,ferrohub_server=debug)
 
 # Functions run through `step` and traps look unreachable to shellcheck.
 # shellcheck disable=SC2317
@@ -225,7 +225,7 @@ start_hub() {
   allow_low_ports || return 1
   HUB_DATA="$(mktemp -d)"
   log "starting: ferrohub serve --data-dir $HUB_DATA --https-port $HTTPS_PORT --mqtt-port $MQTT_PORT"
-  RUST_LOG="${RUST_LOG:-info,tower_http=debug}" \
+  RUST_LOG="${RUST_LOG:-info,tower_http=debug,ferrohub_server=debug}" \
     "$BIN" serve --data-dir "$HUB_DATA" --https-port "$HTTPS_PORT" --mqtt-port "$MQTT_PORT" \
     >"$HUB_OUT" 2>"$HUB_ERR" </dev/null &
   HUB_PID=$!

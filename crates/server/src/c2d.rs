@@ -22,6 +22,7 @@ pub async fn send(registry: &Registry, device_id: &str, message: &CloudToDeviceM
             StoreError::NotFound => HubError::device_not_found(device_id),
             e => crate::registry::store_error(e, device_id),
         })?;
-    registry.presence().send(device_id, Subscription::C2d, Outbound::C2dAvailable);
+    let delivery = registry.presence().send(device_id, Subscription::C2d, Outbound::C2dAvailable);
+    tracing::debug!(device_id, ?delivery, "cloud-to-device message queued");
     Ok(())
 }

@@ -71,6 +71,7 @@ impl C2dDelivery {
             }
             let pkid = self.pkid();
             self.inflight.push((pkid, stored.seq));
+            tracing::debug!(seq = stored.seq, pkid, "cloud-to-device message sent");
             let bag = format_bag(&system_properties(&self.device_id, &message), &app_properties(&message));
             let mut publish = Publish::from_bytes(
                 topic::c2d(&self.device_id, &bag),
@@ -87,6 +88,7 @@ impl C2dDelivery {
     pub(crate) async fn acked(&mut self, state: &AppState, pkid: u16) -> bool {
         let Some(i) = self.inflight.iter().position(|(p, _)| *p == pkid) else { return false };
         let (_, seq) = self.inflight.swap_remove(i);
+        tracing::debug!(seq, pkid, "cloud-to-device message acknowledged");
         if let Err(e) = state.registry.store().complete_c2d(&self.device_id, seq).await {
             tracing::warn!(%e, seq, "cannot complete a delivered message");
         }

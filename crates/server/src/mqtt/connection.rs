@@ -396,6 +396,7 @@ impl Session {
             codes.push(topic::granted_qos(f.qos));
         }
         let before = self.subscriptions.fetch_or(added, Ordering::Relaxed);
+        tracing::debug!(added, before, "subscribed");
         self.save_session().await?;
         self.send(&Packet::SubAck(SubAck::new(s.pkid, codes))).await?;
         self.state.registry.presence().notify_changed();
@@ -413,6 +414,7 @@ impl Session {
             removed |= sub as u8;
         }
         self.subscriptions.fetch_and(!removed, Ordering::Relaxed);
+        tracing::debug!(removed, "unsubscribed");
         self.save_session().await?;
         self.send(&Packet::UnsubAck(UnsubAck::new(u.pkid))).await
     }
