@@ -56,6 +56,20 @@ pub enum ErrorCode {
     GatewayTimeout,
     /// The hub cannot serve the request right now (e.g. shutting down).
     ServiceUnavailable,
+    /// A configuration's target condition is not a valid condition.
+    InvalidConfigurationTargetCondition,
+    /// A configuration's content is malformed or not supported.
+    InvalidConfigurationContent,
+    /// An update tried to change a configuration's content.
+    CannotModifyImmutableConfigurationContent,
+    /// A configuration's custom metrics are invalid (bad query, too many).
+    InvalidConfigurationCustomMetricsQuery,
+    /// The configuration does not exist.
+    ConfigurationNotFound,
+    /// A create named a configuration that already exists.
+    ConfigurationAlreadyExists,
+    /// The hub holds as many configurations as it may.
+    ConfigurationCountLimitExceeded,
 }
 
 impl ErrorCode {
@@ -83,6 +97,13 @@ impl ErrorCode {
             Self::ServerError => "ServerError",
             Self::GatewayTimeout => "GatewayTimeout",
             Self::ServiceUnavailable => "ServiceUnavailable",
+            Self::InvalidConfigurationTargetCondition => "InvalidConfigurationTargetCondition",
+            Self::InvalidConfigurationContent => "InvalidConfigurationContent",
+            Self::CannotModifyImmutableConfigurationContent => "CannotModifyImmutableConfigurationContent",
+            Self::InvalidConfigurationCustomMetricsQuery => "InvalidConfigurationCustomMetricsQuery",
+            Self::ConfigurationNotFound => "ConfigurationNotFound",
+            Self::ConfigurationAlreadyExists => "ConfigurationAlreadyExists",
+            Self::ConfigurationCountLimitExceeded => "ConfigurationCountLimitExceeded",
         }
     }
 
@@ -94,13 +115,20 @@ impl ErrorCode {
             | Self::IotHubFormatError
             | Self::InvalidOperation
             | Self::DeviceDefinedMultipleTimes
-            | Self::BulkRegistryOperationFailure => 400,
+            | Self::BulkRegistryOperationFailure
+            | Self::InvalidConfigurationTargetCondition
+            | Self::InvalidConfigurationContent
+            | Self::CannotModifyImmutableConfigurationContent
+            | Self::InvalidConfigurationCustomMetricsQuery => 400,
             Self::IotHubUnauthorizedAccess | Self::IotHubUnauthorized => 401,
             Self::IotHubQuotaExceeded | Self::DeviceMaximumQueueDepthExceeded => 403,
-            Self::DeviceNotFound | Self::IotHubNotFound | Self::DeviceNotOnline => 404,
-            Self::DeviceAlreadyExists => 409,
+            Self::DeviceNotFound
+            | Self::IotHubNotFound
+            | Self::DeviceNotOnline
+            | Self::ConfigurationNotFound => 404,
+            Self::DeviceAlreadyExists | Self::ConfigurationAlreadyExists => 409,
             Self::PreconditionFailed => 412,
-            Self::MessageTooLarge | Self::TooManyDevices => 413,
+            Self::MessageTooLarge | Self::TooManyDevices | Self::ConfigurationCountLimitExceeded => 413,
             Self::ThrottlingException => 429,
             Self::ServerError => 500,
             Self::GatewayTimeout => 504,
@@ -109,7 +137,11 @@ impl ErrorCode {
     }
 
     /// Azure's six-digit code (status × 1000 + sub-code), as sent in bulk
-    /// results and in MQTT twin error bodies.
+    /// results and in MQTT twin error bodies. The configuration codes
+    /// (4004xx, 404301, 409401, 413101) are the ones listed on Microsoft's
+    /// "Understand and resolve Azure IoT Hub errors" page
+    /// (MicrosoftDocs/azure-docs `articles/iot-hub/troubleshoot-error-codes.md`),
+    /// not observed on a live hub.
     pub fn numeric(self) -> u32 {
         match self {
             Self::ArgumentInvalid => 400004,
@@ -119,7 +151,7 @@ impl ErrorCode {
             Self::DeviceDefinedMultipleTimes => 400011,
             Self::BulkRegistryOperationFailure => 400013,
             Self::IotHubUnauthorizedAccess => 401002,
-            Self::IotHubUnauthorized => 401001,
+            Self::IotHubUnauthorized => 401003,
             Self::IotHubQuotaExceeded => 403002,
             Self::DeviceMaximumQueueDepthExceeded => 403004,
             Self::DeviceNotFound => 404001,
@@ -133,6 +165,13 @@ impl ErrorCode {
             Self::ServerError => 500001,
             Self::GatewayTimeout => 504101,
             Self::ServiceUnavailable => 503001,
+            Self::InvalidConfigurationTargetCondition => 400401,
+            Self::InvalidConfigurationContent => 400402,
+            Self::CannotModifyImmutableConfigurationContent => 400403,
+            Self::InvalidConfigurationCustomMetricsQuery => 400404,
+            Self::ConfigurationNotFound => 404301,
+            Self::ConfigurationAlreadyExists => 409401,
+            Self::ConfigurationCountLimitExceeded => 413101,
         }
     }
 }
@@ -225,9 +264,19 @@ mod tests {
             ErrorCode::ThrottlingException,
             ErrorCode::ServerError,
             ErrorCode::ServiceUnavailable,
+            ErrorCode::InvalidConfigurationTargetCondition,
+            ErrorCode::InvalidConfigurationContent,
+            ErrorCode::CannotModifyImmutableConfigurationContent,
+            ErrorCode::InvalidConfigurationCustomMetricsQuery,
+            ErrorCode::ConfigurationNotFound,
+            ErrorCode::ConfigurationAlreadyExists,
+            ErrorCode::ConfigurationCountLimitExceeded,
         ];
         for code in all {
             assert_eq!(code.numeric() / 1000, u32::from(code.http_status()), "{code}");
         }
+        let names: std::collections::HashSet<_> = all.iter().map(|c| c.name()).collect();
+        let numbers: std::collections::HashSet<_> = all.iter().map(|c| c.numeric()).collect();
+        assert_eq!((names.len(), numbers.len()), (all.len(), all.len()), "names and codes are unique");
     }
 }

@@ -3,10 +3,13 @@
 //! - [`error`]: Azure error codes and their HTTP statuses.
 //! - [`identity`]: device identities and the registry's rules.
 //! - [`twin`]: twin documents, patch semantics, versions, metadata, limits.
+//! - [`configuration`]: automatic device configurations and which one writes
+//!   which desired property.
 //! - [`sas`]: shared access signature tokens, policies and permissions.
 //! - [`connection_string`]: IoT Hub connection strings.
 //! - [`time`]: timestamps in IoT Hub's text form.
 
+pub mod configuration;
 pub mod connection_string;
 pub mod error;
 pub mod identity;

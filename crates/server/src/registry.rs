@@ -65,6 +65,9 @@ pub(crate) fn store_error(e: StoreError, device_id: &str) -> HubError {
             format!("A device with ID '{device_id}' is already registered"),
         ),
         StoreError::Conflict => HubError::precondition_failed(),
+        StoreError::LimitReached => {
+            HubError::new(ferrohub_core::ErrorCode::IotHubQuotaExceeded, "A limit of this hub is reached")
+        }
         StoreError::QueueFull => HubError::new(
             ferrohub_core::ErrorCode::DeviceMaximumQueueDepthExceeded,
             format!("The cloud-to-device queue of device {device_id} is full"),

@@ -52,6 +52,9 @@ pub enum StoreError {
     /// The row changed since it was read; re-read and retry.
     #[error("concurrent modification")]
     Conflict,
+    /// A create would exceed a count limit (e.g. 100 configurations).
+    #[error("limit reached")]
+    LimitReached,
     /// The device's cloud-to-device queue is at its limit.
     #[error("cloud-to-device queue full")]
     QueueFull,
@@ -72,6 +75,18 @@ pub struct StoredC2d {
     pub delivery_count: i64,
     /// The message, serialised by the caller.
     pub message: String,
+}
+
+/// A stored configuration: its JSON document (the caller's type) and the
+/// store's revision for optimistic concurrency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredConfiguration {
+    /// The configuration id.
+    pub id: String,
+    /// The configuration, serialised by the caller.
+    pub document: String,
+    /// +1 on every write.
+    pub revision: i64,
 }
 
 /// Result of store operations.
@@ -139,6 +154,31 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes a message the device acknowledged.
     async fn complete_c2d(&self, device_id: &str, seq: i64) -> StoreResult<()>;
+
+    /// Every device record (for full evaluations and queries).
+    async fn all_devices(&self) -> StoreResult<Vec<DeviceRecord>>;
+
+    /// All configurations, ordered by id.
+    async fn list_configurations(&self) -> StoreResult<Vec<StoredConfiguration>>;
+
+    /// One configuration.
+    async fn get_configuration(&self, id: &str) -> StoreResult<Option<StoredConfiguration>>;
+
+    /// Stores a new configuration unless the id exists
+    /// ([`StoreError::AlreadyExists`]) or `max` already exist
+    /// ([`StoreError::LimitReached`]).
+    async fn create_configuration(&self, id: &str, document: String, max: usize) -> StoreResult<()>;
+
+    /// Replaces a configuration if its revision is `expected_revision`.
+    async fn update_configuration(
+        &self,
+        id: &str,
+        document: String,
+        expected_revision: i64,
+    ) -> StoreResult<()>;
+
+    /// Deletes a configuration.
+    async fn delete_configuration(&self, id: &str) -> StoreResult<()>;
 }
 
 pub(crate) fn status_text(status: DeviceStatus) -> &'static str {

@@ -36,6 +36,12 @@ const MIGRATIONS: &[&str] = &[
         message        TEXT NOT NULL
     );
     CREATE INDEX c2d_by_device ON c2d_messages (device_id, seq);",
+    // v3: automatic device configurations, as JSON documents.
+    "CREATE TABLE configurations (
+        id       TEXT PRIMARY KEY NOT NULL,
+        revision INTEGER NOT NULL,
+        document TEXT NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build writes.

@@ -15,7 +15,10 @@ use async_trait::async_trait;
 use ferrohub_core::identity::Device;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use crate::{migrations, status_text, DeviceCounts, DeviceRecord, Store, StoreError, StoreResult, StoredC2d};
+use crate::{
+    migrations, status_text, DeviceCounts, DeviceRecord, Store, StoreError, StoreResult, StoredC2d,
+    StoredConfiguration,
+};
 
 const READERS: usize = 4;
 
@@ -381,6 +384,115 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn all_devices(&self) -> StoreResult<Vec<DeviceRecord>> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached("SELECT identity, twin, revision FROM devices ORDER BY device_id")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            rows.into_iter().map(|(i, t, rev)| decode_record(i, t, rev)).collect()
+        })
+        .await
+    }
+
+    async fn list_configurations(&self) -> StoreResult<Vec<StoredConfiguration>> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached("SELECT id, document, revision FROM configurations ORDER BY id")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(StoredConfiguration { id: r.get(0)?, document: r.get(1)?, revision: r.get(2)? })
+                })
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn get_configuration(&self, id: &str) -> StoreResult<Option<StoredConfiguration>> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            c.query_row("SELECT id, document, revision FROM configurations WHERE id = ?1", params![id], |r| {
+                Ok(StoredConfiguration { id: r.get(0)?, document: r.get(1)?, revision: r.get(2)? })
+            })
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn create_configuration(&self, id: &str, document: String, max: usize) -> StoreResult<()> {
+        let id = id.to_owned();
+        self.write(move |c| {
+            let tx = c.transaction().map_err(backend)?;
+            let exists = tx
+                .query_row("SELECT 1 FROM configurations WHERE id = ?1", params![id], |_| Ok(()))
+                .optional()
+                .map_err(backend)?;
+            if exists.is_some() {
+                return Err(StoreError::AlreadyExists);
+            }
+            let count: i64 =
+                tx.query_row("SELECT COUNT(*) FROM configurations", [], |r| r.get(0)).map_err(backend)?;
+            if count as usize >= max {
+                return Err(StoreError::LimitReached);
+            }
+            tx.execute(
+                "INSERT INTO configurations (id, revision, document) VALUES (?1, 1, ?2)",
+                params![id, document],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn update_configuration(
+        &self,
+        id: &str,
+        document: String,
+        expected_revision: i64,
+    ) -> StoreResult<()> {
+        let id = id.to_owned();
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE configurations SET revision = revision + 1, document = ?2 WHERE id = ?1 AND revision = ?3",
+                    params![id, document, expected_revision],
+                )
+                .map_err(backend)?;
+            if n == 1 {
+                return Ok(());
+            }
+            let exists = c
+                .query_row("SELECT 1 FROM configurations WHERE id = ?1", params![id], |_| Ok(()))
+                .optional()
+                .map_err(backend)?;
+            Err(if exists.is_some() { StoreError::Conflict } else { StoreError::NotFound })
+        })
+        .await
+    }
+
+    async fn delete_configuration(&self, id: &str) -> StoreResult<()> {
+        let id = id.to_owned();
+        self.write(move |c| {
+            let n = c.execute("DELETE FROM configurations WHERE id = ?1", params![id]).map_err(backend)?;
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(StoreError::NotFound)
+            }
+        })
+        .await
+    }
+
     async fn device_counts(&self) -> StoreResult<DeviceCounts> {
         self.read(|c| {
             c.query_row(
@@ -511,5 +623,26 @@ mod tests {
         assert!(s.pending_c2d("q", 0, 0, 10).await.unwrap().is_empty(), "the queue went with the device");
         assert_eq!(s.load_session("q").await.unwrap(), None, "so did the session");
         assert!(matches!(s.save_session("ghost", 1).await, Err(StoreError::NotFound)));
+    }
+
+    #[tokio::test]
+    async fn configurations_are_unique_bounded_and_optimistic() {
+        let (_d, s) = open();
+        s.create_configuration("b", "{}".into(), 2).await.unwrap();
+        s.create_configuration("a", "{\"x\":1}".into(), 2).await.unwrap();
+        assert!(matches!(s.create_configuration("a", "{}".into(), 5).await, Err(StoreError::AlreadyExists)));
+        assert!(matches!(s.create_configuration("c", "{}".into(), 2).await, Err(StoreError::LimitReached)));
+        let ids: Vec<_> = s.list_configurations().await.unwrap().into_iter().map(|c| c.id).collect();
+        assert_eq!(ids, ["a", "b"]);
+        let a = s.get_configuration("a").await.unwrap().unwrap();
+        s.update_configuration("a", "{\"x\":2}".into(), a.revision).await.unwrap();
+        assert!(matches!(
+            s.update_configuration("a", "{}".into(), a.revision).await,
+            Err(StoreError::Conflict)
+        ));
+        assert_eq!(s.get_configuration("a").await.unwrap().unwrap().document, "{\"x\":2}");
+        s.delete_configuration("a").await.unwrap();
+        assert!(matches!(s.delete_configuration("a").await, Err(StoreError::NotFound)));
+        assert!(matches!(s.update_configuration("a", "{}".into(), 1).await, Err(StoreError::NotFound)));
     }
 }

@@ -18,7 +18,7 @@ use super::Props;
 /// object, so `{"a":{"b":null}}` on `{}` yields `{"a":{}}` (RFC 7396
 /// behaviour). Deleted keys are removed with `shift_remove` so the remaining
 /// keys keep their order.
-pub(super) fn merge_into(target: &mut Props, patch: &Props) {
+pub(crate) fn merge_into(target: &mut Props, patch: &Props) {
     for (key, value) in patch {
         match value {
             Value::Null => {
@@ -44,7 +44,7 @@ pub(super) fn merge_into(target: &mut Props, patch: &Props) {
 /// that `old` had and `new` lacks. This is applied at every level where both
 /// sides hold an object, because devices merge notifications recursively and
 /// would otherwise keep nested keys the replace removed.
-pub(super) fn replacement_notification(old: &Props, new: &Props) -> Props {
+pub(crate) fn replacement_notification(old: &Props, new: &Props) -> Props {
     let mut out = Props::new();
     for (key, value) in new {
         let entry = match (old.get(key), value) {

@@ -19,6 +19,12 @@ use crate::time::Timestamp;
 pub(super) const LAST_UPDATED: &str = "$lastUpdated";
 /// Key of the desired `$version` of the change that last touched a node.
 pub(super) const LAST_UPDATED_VERSION: &str = "$lastUpdatedVersion";
+/// Key, in the metadata node of a desired leaf, of the automatic
+/// configuration whose write last changed that leaf.
+pub const LAST_UPDATED_BY: &str = "$lastUpdatedBy";
+/// Key, next to [`LAST_UPDATED_BY`], identifying the version of that
+/// configuration's content.
+pub const LAST_UPDATED_BY_DIGEST: &str = "$lastUpdatedByDigest";
 
 /// The stamp a change writes into every node it touches.
 #[derive(Debug, Clone)]
@@ -99,6 +105,32 @@ pub(super) fn restamp(old: &Props, new: &Props, meta: &mut Props, stamp: &Stamp)
     changed
 }
 
+/// Records in the metadata node at `path` (keys below the section root) that
+/// `by` wrote it, with `digest`. The stamps stay first in the node, so a leaf
+/// node reads `$lastUpdated`, `$lastUpdatedVersion`, `$lastUpdatedBy`,
+/// `$lastUpdatedByDigest`. Returns `false` (and changes nothing) when there
+/// is no node at `path`.
+pub(super) fn mark_writer(meta: &mut Props, path: &[String], by: &str, digest: &str) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut node = meta;
+    for key in parents {
+        match node.get_mut(key) {
+            Some(Value::Object(child)) => node = child,
+            _ => return false,
+        }
+    }
+    match node.get_mut(last) {
+        Some(Value::Object(leaf)) => {
+            leaf.insert(LAST_UPDATED_BY.to_owned(), Value::from(by));
+            leaf.insert(LAST_UPDATED_BY_DIGEST.to_owned(), Value::from(digest));
+            true
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -170,6 +202,25 @@ mod tests {
         let before = meta.clone();
         let reordered = props(json!({"s": "x", "a": {"b": [1, 2]}}));
         assert!(!restamp(&doc, &reordered, &mut meta, &Stamp::new(t(9), Some(2))));
+        assert_eq!(meta, before);
+    }
+
+    #[test]
+    fn mark_writer_tags_an_existing_node_only() {
+        let doc = props(json!({"a": {"b": 1}}));
+        let mut meta = Stamp::new(t(0), Some(2)).fresh_node(&Value::Object(doc));
+        let path = ["a".to_owned(), "b".to_owned()];
+        assert!(mark_writer(&mut meta, &path, "cfg1", "42"));
+        assert_eq!(
+            meta["a"]["b"],
+            json!({"$lastUpdated": iso(0), "$lastUpdatedVersion": 2, "$lastUpdatedBy": "cfg1", "$lastUpdatedByDigest": "42"})
+        );
+        let keys: Vec<_> = meta["a"]["b"].as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys, ["$lastUpdated", "$lastUpdatedVersion", "$lastUpdatedBy", "$lastUpdatedByDigest"]);
+        let before = meta.clone();
+        assert!(!mark_writer(&mut meta, &["a".to_owned(), "zz".to_owned()], "x", "1"));
+        assert!(!mark_writer(&mut meta, &["a".to_owned(), "b".to_owned(), "c".to_owned()], "x", "1"));
+        assert!(!mark_writer(&mut meta, &[], "x", "1"));
         assert_eq!(meta, before);
     }
 

@@ -22,6 +22,8 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub(crate) use merge::{merge_into, replacement_notification};
+pub use metadata::{LAST_UPDATED_BY, LAST_UPDATED_BY_DIGEST};
 pub use section::{Section, SectionKind};
 
 use crate::error::{HubError, HubResult};
@@ -62,6 +64,35 @@ pub struct TwinChange {
 
 impl TwinChange {
     const NONE: Self = Self { changed: false, desired_patch: None };
+}
+
+/// A desired leaf that an automatic configuration wrote (see
+/// [`TwinState::apply_hub_desired`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WrittenLeaf<'a> {
+    /// Keys below `properties.desired`.
+    pub path: &'a [String],
+    /// The configuration id, for `$lastUpdatedBy`.
+    pub by: &'a str,
+    /// The value for `$lastUpdatedByDigest`.
+    pub digest: &'a str,
+}
+
+/// What the hub itself writes into a twin when it evaluates automatic
+/// configurations: a whole new desired document, the leaves configurations
+/// wrote in it, the new `configurations` map and the device notification.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HubDesired<'a> {
+    /// The complete new desired properties.
+    pub desired: Props,
+    /// Leaves written by a configuration, in write order (a later entry for
+    /// the same path wins).
+    pub written: Vec<WrittenLeaf<'a>>,
+    /// The new `configurations` map.
+    pub configurations: Props,
+    /// The desired patch to push if desired changes (without `$version`);
+    /// merged into the old desired it must give the new one.
+    pub notification: Props,
 }
 
 impl TwinState {
@@ -166,6 +197,58 @@ impl TwinState {
         Ok(TwinChange { changed: true, desired_patch: None })
     }
 
+    /// Stores what an evaluation of automatic configurations computed.
+    ///
+    /// The new desired document is checked against the limits first (a
+    /// rejected write changes nothing). Desired changes are stamped like any
+    /// other write (`$version` + 1, `$lastUpdated`/`$lastUpdatedVersion` on
+    /// what changed), and then each written leaf whose value differs from
+    /// before — and is still a leaf (a scalar, an array or an empty object) —
+    /// gets `$lastUpdatedBy`/`$lastUpdatedByDigest` in its metadata node.
+    /// Leaves whose value did not change keep their metadata as it was, so
+    /// `$lastUpdatedBy` names the configuration that last *changed* a value.
+    ///
+    /// A change of desired or of `configurations` (compared as maps, key
+    /// order aside) moves the root version and the etag once; nothing
+    /// changed means nothing moves.
+    pub fn apply_hub_desired(&mut self, write: HubDesired<'_>, now: Timestamp) -> HubResult<TwinChange> {
+        limits::validate_props(&write.desired, "properties.desired")?;
+        limits::check_size(&write.desired, limits::MAX_DESIRED_SIZE, "properties.desired")?;
+        let to_mark: Vec<&WrittenLeaf<'_>> = write
+            .written
+            .iter()
+            .filter(|leaf| {
+                let new = value_at(&write.desired, leaf.path);
+                let is_leaf = match new {
+                    Some(Value::Object(o)) => o.is_empty(),
+                    Some(_) => true,
+                    None => false,
+                };
+                is_leaf && new != value_at(&self.desired.props, leaf.path)
+            })
+            .collect();
+        let desired_changed = self.desired.update(write.desired, now, SectionKind::Desired);
+        if desired_changed {
+            for leaf in to_mark {
+                metadata::mark_writer(&mut self.desired.metadata, leaf.path, leaf.by, leaf.digest);
+            }
+        }
+        let configurations_changed = write.configurations != self.configurations;
+        if configurations_changed {
+            self.configurations = write.configurations;
+        }
+        if !desired_changed && !configurations_changed {
+            return Ok(TwinChange::NONE);
+        }
+        self.bump();
+        let desired_patch = desired_changed.then(|| {
+            let mut notification = write.notification;
+            notification.insert("$version".to_owned(), Value::from(self.desired.version));
+            Value::Object(notification)
+        });
+        Ok(TwinChange { changed: true, desired_patch })
+    }
+
     /// Stores validated new tags/desired (`None` = not part of the
     /// operation) and bumps what changed. `notification` is the desired patch
     /// to send if desired changed.
@@ -212,6 +295,16 @@ fn merged(path: &str, current: &Props, patch: &Props, max_size: usize) -> HubRes
     merge::merge_into(&mut out, patch);
     limits::check_size(&out, max_size, path)?;
     Ok(out)
+}
+
+/// The value at `path` (keys from the root of `props`), if there is one.
+pub(crate) fn value_at<'a>(props: &'a Props, path: &[String]) -> Option<&'a Value> {
+    let (first, rest) = path.split_first()?;
+    let mut value = props.get(first)?;
+    for key in rest {
+        value = value.as_object()?.get(key)?;
+    }
+    Some(value)
 }
 
 #[cfg(test)]

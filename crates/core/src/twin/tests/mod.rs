@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod hub;
 mod limits;
 
 use serde_json::{json, Value};
