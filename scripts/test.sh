@@ -18,7 +18,10 @@
 # 443, MQTT over TLS on 8883). As root (CI) that just works; otherwise the
 # script grants the test binary cap_net_bind_service through `sudo -n
 # setcap` when it can. The device suites also run the ferrohub CLI
-# (`monitor-events`, `c2d-message send`) from FERROHUB_BIN.
+# (`monitor-events`, `c2d-message send`) from FERROHUB_BIN; the tutorial's
+# back end gets the `service` policy's connection string in
+# FERROHUB_SERVICE_CONNECTION_STRING. The hub's periodic configuration pass is
+# set to an hour, so configuration tests see event-driven evaluation only.
 #
 # Environment:
 #   CARGO_TARGET_DIR        build directory (default ~/.cache/ferrohub/target,
@@ -224,9 +227,12 @@ start_hub() {
   [[ -x "$BIN" ]] || { log "no ferrohub binary at $BIN (the build failed)" >&2; return 1; }
   allow_low_ports || return 1
   HUB_DATA="$(mktemp -d)"
-  log "starting: ferrohub serve --data-dir $HUB_DATA --https-port $HTTPS_PORT --mqtt-port $MQTT_PORT"
+  # The configuration engine's periodic full pass is set to an hour: the
+  # suites' configuration tests must pass on event-driven evaluation alone.
+  log "starting: ferrohub serve --data-dir $HUB_DATA --https-port $HTTPS_PORT --mqtt-port $MQTT_PORT --config-eval-interval 3600"
   RUST_LOG="${RUST_LOG:-info,tower_http=debug,ferrohub_server=debug}" \
     "$BIN" serve --data-dir "$HUB_DATA" --https-port "$HTTPS_PORT" --mqtt-port "$MQTT_PORT" \
+    --config-eval-interval 3600 \
     >"$HUB_OUT" 2>"$HUB_ERR" </dev/null &
   HUB_PID=$!
   # Wait for the ready line: poll the output as it is written, bounded by a
@@ -259,9 +265,13 @@ start_hub() {
   eval "$env_lines"
   # The device suites run the CLI (monitor-events, c2d-message send).
   export FERROHUB_BIN="$BIN"
+  # The tutorial's back end authenticates with the `service` policy.
+  FERROHUB_SERVICE_CONNECTION_STRING="$("$BIN" connection-string show --policy-name service \
+    --data-dir "$HUB_DATA" -o tsv)" || { log "ferrohub connection-string show --policy-name service failed" >&2; return 1; }
+  export FERROHUB_SERVICE_CONNECTION_STRING
   local var absent=0
   for var in IOTHUB_CONNECTION_STRING NODE_EXTRA_CA_CERTS REQUESTS_CA_BUNDLE SSL_CERT_FILE \
-    FERROHUB_HTTPS_PORT FERROHUB_MQTT_PORT FERROHUB_CA; do
+    FERROHUB_HTTPS_PORT FERROHUB_MQTT_PORT FERROHUB_CA FERROHUB_SERVICE_CONNECTION_STRING; do
     if [[ -z "${!var:-}" ]]; then
       log "ferrohub env did not export $var" >&2
       absent=1
@@ -308,15 +318,21 @@ stop_hub() {
 # --- the compatibility suites --------------------------------------------------
 
 node_suite() {
-  local summary="$WORK/node-summary" rc per_test=()
+  local summary="$WORK/node-summary" rc runner_opts=()
   rm -f "$summary"
   cd "$NODE_DIR"
-  # A per-test limit where this Node has it (20.11 and later).
+  # A time limit where this Node has it (20.11 and later). Node 20 applies it
+  # to each test file as a whole, and the tutorial file runs for a while.
   if node --help | grep -q -- '--test-timeout'; then
-    per_test=(--test-timeout=60000)
+    runner_opts=(--test-timeout=300000)
+  fi
+  # One test file at a time: the tutorial's configuration targets every
+  # device tagged chiller, as registry.test.js tags its device.
+  if node --help | grep -q -- '--test-concurrency'; then
+    runner_opts+=(--test-concurrency=1)
   fi
   set +e
-  timeout --kill-after=10 "$SUITE_TIMEOUT" node --test "${per_test[@]}" \
+  timeout --kill-after=10 "$SUITE_TIMEOUT" node --test "${runner_opts[@]}" \
     --test-reporter=spec --test-reporter-destination=stdout \
     --test-reporter=./summary-reporter.mjs --test-reporter-destination="$summary" \
     test/

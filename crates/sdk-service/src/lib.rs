@@ -1,5 +1,7 @@
 //! An async client for the IoT Hub service REST API: device identities,
-//! twins, registry statistics, direct methods
+//! twins, registry statistics, configurations
+//! ([`ServiceClient::create_configuration`] and friends), the query language
+//! ([`ServiceClient::query`], following continuation tokens), direct methods
 //! ([`ServiceClient::invoke_method`]), cloud-to-device messages
 //! ([`ServiceClient::send_c2d`]) and ferrohub's live telemetry stream
 //! ([`ServiceClient::events`], `GET /events`, which Azure serves through
@@ -150,6 +152,29 @@ pub struct ServiceStatistics {
     pub connected_device_count: u64,
 }
 
+/// Every row of a query ([`ServiceClient::query`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryResult {
+    /// The rows, in the order the pages brought them.
+    pub items: Vec<Value>,
+    /// The `x-ms-item-type` header: `Twin` for whole twins, `Raw` for
+    /// projections and aggregates.
+    pub item_type: Option<String>,
+    /// How many requests it took.
+    pub pages: usize,
+}
+
+/// One page of a query ([`ServiceClient::query_page`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryPage {
+    /// The rows of this page.
+    pub items: Vec<Value>,
+    /// The `x-ms-item-type` header.
+    pub item_type: Option<String>,
+    /// The token for the next page; `None` on the last page.
+    pub continuation: Option<String>,
+}
+
 /// A client of one hub, authenticated as one shared access policy.
 ///
 /// Cheap to clone (the HTTP connection pool is shared).
@@ -275,6 +300,143 @@ impl ServiceClient {
         self.json(Method::PUT, &path, &[], Some(etag), Some(twin)).await
     }
 
+    /// Creates a configuration (`PUT /configurations/{id}` without
+    /// If-Match; the id comes from `configuration["id"]`); 409
+    /// `ConfigurationAlreadyExists` when the id is taken.
+    pub async fn create_configuration(&self, configuration: &Value) -> Result<Value> {
+        let path = format!("/configurations/{}", encode(configuration_id(configuration)?));
+        self.json(Method::PUT, &path, &[], None, Some(configuration)).await
+    }
+
+    /// Reads a configuration with its current metric results.
+    pub async fn get_configuration(&self, configuration_id: &str) -> Result<Value> {
+        let path = format!("/configurations/{}", encode(configuration_id));
+        self.json(Method::GET, &path, &[], None, None::<&()>).await
+    }
+
+    /// Lists configurations, at most `top`.
+    pub async fn list_configurations(&self, top: Option<u32>) -> Result<Vec<Value>> {
+        let top = top.map(|t| t.to_string());
+        let query: Vec<(&str, &str)> = top.as_deref().map(|t| vec![("top", t)]).unwrap_or_default();
+        self.json(Method::GET, "/configurations", &query, None, None::<&()>).await
+    }
+
+    /// Updates a configuration (`PUT /configurations/{id}` with If-Match):
+    /// `etag` is its etag or `*`. Only the target condition, priority,
+    /// labels and metric queries may change.
+    pub async fn update_configuration(&self, configuration: &Value, etag: &str) -> Result<Value> {
+        let path = format!("/configurations/{}", encode(configuration_id(configuration)?));
+        self.json(Method::PUT, &path, &[], Some(etag), Some(configuration)).await
+    }
+
+    /// Deletes a configuration; `etag` is its etag or `*`.
+    pub async fn delete_configuration(&self, configuration_id: &str, etag: &str) -> Result<()> {
+        let path = format!("/configurations/{}", encode(configuration_id));
+        self.send(Method::DELETE, &path, &[], Some(etag), None::<&()>).await.map(drop)
+    }
+
+    /// Checks a target condition and metric queries without creating
+    /// anything (`POST /configurations/testQueries`): the body is
+    /// `{"targetCondition": .., "customMetricQueries": {name: query}}`, the
+    /// answer `{"targetConditionError": .., "customMetricQueryErrors": {..}}`
+    /// with empty strings for valid ones.
+    pub async fn test_configuration_queries(&self, input: &Value) -> Result<Value> {
+        self.json(Method::POST, "/configurations/testQueries", &[], None, Some(input)).await
+    }
+
+    /// Runs a query over the device twins (`POST /devices/query`) and
+    /// follows the continuation tokens to the end: every row, in order.
+    /// `page_size` is the `x-ms-max-item-count` of each request (`None`:
+    /// the hub's default).
+    pub async fn query(&self, query: &str, page_size: Option<u32>) -> Result<QueryResult> {
+        self.query_limited(query, page_size, None).await
+    }
+
+    /// As [`ServiceClient::query`], but stops once `limit` rows have
+    /// arrived (asking for no more than are still wanted), as az's `--top`.
+    pub async fn query_limited(
+        &self,
+        query: &str,
+        page_size: Option<u32>,
+        limit: Option<usize>,
+    ) -> Result<QueryResult> {
+        let mut result = QueryResult { items: Vec::new(), item_type: None, pages: 0 };
+        let mut continuation: Option<String> = None;
+        loop {
+            let wanted = limit.map(|l| l.saturating_sub(result.items.len()));
+            if wanted == Some(0) {
+                break;
+            }
+            let size = match (page_size, wanted) {
+                (Some(p), Some(w)) => Some(p.min(u32::try_from(w).unwrap_or(u32::MAX))),
+                (Some(p), None) => Some(p),
+                (None, Some(w)) => Some(u32::try_from(w).unwrap_or(u32::MAX)),
+                (None, None) => None,
+            };
+            let page = self.query_page(query, size, continuation.as_deref()).await?;
+            result.pages += 1;
+            result.items.extend(page.items);
+            if page.item_type.is_some() {
+                result.item_type = page.item_type;
+            }
+            match page.continuation {
+                Some(token) => continuation = Some(token),
+                None => break,
+            }
+        }
+        if let Some(limit) = limit {
+            result.items.truncate(limit);
+        }
+        Ok(result)
+    }
+
+    /// One page of a query: `continuation` is the token of the previous
+    /// page (`None` for the first).
+    pub async fn query_page(
+        &self,
+        query: &str,
+        page_size: Option<u32>,
+        continuation: Option<&str>,
+    ) -> Result<QueryPage> {
+        let path = "/devices/query";
+        let body = serde_json::to_vec(&serde_json::json!({ "query": query }))
+            .map_err(|e| Error::Decode(e.to_string()))?;
+        let mut request = self
+            .request(Method::POST, path, &[])?
+            .timeout(self.timeout)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .header(reqwest::header::CONTENT_TYPE, "application/json; charset=utf-8")
+            .body(body);
+        if let Some(size) = page_size {
+            request = request.header("x-ms-max-item-count", size.to_string());
+        }
+        if let Some(token) = continuation {
+            request = request.header("x-ms-continuation", token);
+        }
+        let url = self.url(path);
+        let transport = |source| Error::Transport { url: url.clone(), source };
+        let response = request.send().await.map_err(transport)?;
+        let status = response.status();
+        let code = error_code_header(&response);
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        let next = header("x-ms-continuation");
+        let item_type = header("x-ms-item-type");
+        let text = response.text().await.map_err(transport)?;
+        if !status.is_success() {
+            return Err(Error::from_response_parts(status.as_u16(), code.as_deref(), &text));
+        }
+        let items: Vec<Value> = serde_json::from_str(&text)
+            .map_err(|e| Error::Decode(format!("{e} in {}", abbreviate(&text))))?;
+        Ok(QueryPage { items, item_type, continuation: next })
+    }
+
     /// Registry counts.
     pub async fn device_statistics(&self) -> Result<DeviceStatistics> {
         self.json(Method::GET, "/statistics/devices", &[], None, None::<&()>).await
@@ -387,6 +549,15 @@ impl ServiceClient {
 /// The `iothub-errorcode` header of a response.
 pub(crate) fn error_code_header(response: &reqwest::Response) -> Option<String> {
     response.headers().get("iothub-errorcode").and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// The `id` a configuration body must carry.
+fn configuration_id(configuration: &Value) -> Result<&str> {
+    configuration
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| Error::Config("the configuration has no \"id\"".into()))
 }
 
 /// Percent-encodes a path segment as `encodeURIComponent` does.

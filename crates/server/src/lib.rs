@@ -9,6 +9,7 @@ pub mod bulk;
 pub mod c2d;
 mod client_cert;
 mod clock;
+pub mod configurations;
 mod fsutil;
 pub mod hubfile;
 pub mod listen;
@@ -31,6 +32,10 @@ use ferrohub_store::{SqliteStore, Store as _};
 pub use options::ServeOptions;
 
 use crate::hubfile::HubInfo;
+
+/// How often the configuration engine re-evaluates everything, besides
+/// reacting to each change.
+pub const DEFAULT_FULL_PASS: Duration = Duration::from_secs(300);
 
 /// File name of the embedded database inside the data dir.
 pub const DB_FILE: &str = "hub.db";
@@ -81,11 +86,15 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     // Whatever was connected when the hub last stopped is not any more.
     store.disconnect_all().await.map_err(|e| anyhow::anyhow!("resetting connection states: {e}"))?;
     let presence = Arc::new(presence::Presence::default());
+    let registry = registry::Registry::new(Arc::new(store), presence.clone());
+    let full_pass = opts.config_eval_interval.unwrap_or(DEFAULT_FULL_PASS);
+    let engine = configurations::Engine::start(registry.clone(), full_pass).await?;
     let state = Arc::new(api::AppState {
-        registry: registry::Registry::new(Arc::new(store), presence.clone()),
+        registry,
         auth: auth::Authorizer::new(policies.clone(), auth_names),
         methods: Default::default(),
         telemetry: Default::default(),
+        engine,
     });
     let app = api::router(state.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
 

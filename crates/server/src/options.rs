@@ -22,4 +22,6 @@ pub struct ServeOptions {
     pub tls_cert: Option<PathBuf>,
     /// Private key (PEM) for `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Period of the configuration engine's full pass; `None` = 5 minutes.
+    pub config_eval_interval: Option<std::time::Duration>,
 }

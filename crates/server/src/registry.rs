@@ -55,6 +55,8 @@ pub struct Registry {
     store: Arc<dyn Store>,
     presence: Arc<Presence>,
     stripes: Arc<Vec<tokio::sync::Mutex<()>>>,
+    /// Where twin changes are announced (the configuration engine).
+    changes: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<crate::configurations::Work>>>,
 }
 
 pub(crate) fn store_error(e: StoreError, device_id: &str) -> HubError {
@@ -106,7 +108,48 @@ impl Registry {
     /// A registry over a store, pushing changes to `presence`'s connections.
     pub fn new(store: Arc<dyn Store>, presence: Arc<Presence>) -> Self {
         let stripes = Arc::new((0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect());
-        Self { store, presence, stripes }
+        Self { store, presence, stripes, changes: Arc::default() }
+    }
+
+    /// Sends every later device change to `tx` (set once, by the engine).
+    pub(crate) fn set_change_listener(
+        &self,
+        tx: tokio::sync::mpsc::UnboundedSender<crate::configurations::Work>,
+    ) {
+        let _ = self.changes.set(tx);
+    }
+
+    /// Tells the engine a device changed in a way that may alter which
+    /// configurations target it (or a metric).
+    fn changed(&self, device_id: &str) {
+        if let Some(tx) = self.changes.get() {
+            let _ = tx.send(crate::configurations::Work::Device(device_id.to_owned()));
+        }
+    }
+
+    /// Runs a configuration evaluation on a twin under the device's write
+    /// lock, storing and pushing its change. Not announced as a change (it
+    /// is the engine's own write).
+    pub(crate) async fn evaluate_twin(
+        &self,
+        device_id: &str,
+        evaluate: impl Fn(&mut TwinState, &Device) -> HubResult<TwinChange>,
+    ) -> HubResult<()> {
+        let notification = std::sync::Mutex::new(None);
+        self.modify_then(
+            device_id,
+            |record| {
+                let change = evaluate(&mut record.twin, &record.device)?;
+                *notification.lock().unwrap_or_else(|p| p.into_inner()) = change.desired_patch;
+                Ok(change.changed)
+            },
+            |record| {
+                let patch = notification.lock().unwrap_or_else(|p| p.into_inner()).take();
+                self.notify_desired(device_id, record, patch)
+            },
+        )
+        .await
+        .map(drop)
     }
 
     /// The store behind this registry.
@@ -152,6 +195,7 @@ impl Registry {
         let record = DeviceRecord { device, twin, revision: 0 };
         self.store.create_device(&record).await.map_err(|e| store_error(e, device_id))?;
         tracing::info!(device_id, "device created");
+        self.changed(device_id);
         Ok(record.device)
     }
 
@@ -192,6 +236,7 @@ impl Registry {
         if device.status == ferrohub_core::identity::DeviceStatus::Disabled {
             self.presence.kick(device_id);
         }
+        self.changed(device_id);
         Ok(device)
     }
 
@@ -205,6 +250,7 @@ impl Registry {
                 Ok(()) => {
                     tracing::info!(device_id, "device deleted");
                     self.presence.kick(device_id);
+                    self.changed(device_id);
                     return Ok(());
                 }
                 Err(StoreError::Conflict) => continue,
@@ -257,6 +303,9 @@ impl Registry {
                 },
             )
             .await?;
+        // Tags decide targeting, and a service write to a path a
+        // configuration owns is overwritten by the next evaluation.
+        self.changed(device_id);
         Ok(record.twin.to_json(&record.device))
     }
 
@@ -282,6 +331,7 @@ impl Registry {
         let record = self
             .modify(device_id, |record| Ok(record.twin.apply_reported_patch(patch, clock::now())?.changed))
             .await?;
+        self.changed(device_id);
         Ok(record.twin.reported.version)
     }
 

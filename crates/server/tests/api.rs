@@ -36,7 +36,7 @@ fn key(n: u8) -> String {
 }
 
 impl Api {
-    fn new() -> Self {
+    async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("hub.db")).unwrap();
         let mut n = 0;
@@ -44,8 +44,16 @@ impl Api {
             n += 1;
             key(n)
         });
+        let registry = Registry::new(Arc::new(store), Default::default());
+        let engine = ferrohub_server::configurations::Engine::start(
+            registry.clone(),
+            std::time::Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
         let state = Arc::new(AppState {
-            registry: Registry::new(Arc::new(store), Default::default()),
+            registry,
+            engine,
             auth: Authorizer::new(policies.clone(), vec!["localhost".into()]),
             methods: Default::default(),
             telemetry: Default::default(),
@@ -105,7 +113,7 @@ fn assert_azure_error(r: &Reply, status: u16, code: &str) {
 
 #[tokio::test]
 async fn device_lifecycle_matches_azure() {
-    let api = Api::new();
+    let api = Api::new().await;
     let created = api.call("PUT", "/devices/dev1", None, Some(json!({"deviceId":"dev1"}))).await;
     assert_eq!(created.status, StatusCode::OK);
     assert_eq!(created.content_type.as_deref(), Some("application/json; charset=utf-8"));
@@ -157,7 +165,7 @@ async fn device_lifecycle_matches_azure() {
 
 #[tokio::test]
 async fn list_honours_top_and_ids_are_percent_decoded() {
-    let api = Api::new();
+    let api = Api::new().await;
     for id in ["a", "b", "c:d$1"] {
         let path = format!("/devices/{}", id.replace(':', "%3A").replace('$', "%24"));
         assert_eq!(api.call("PUT", &path, None, Some(json!({}))).await.status, StatusCode::OK);
@@ -179,7 +187,7 @@ async fn list_honours_top_and_ids_are_percent_decoded() {
 
 #[tokio::test]
 async fn twin_patch_and_replace_with_etags() {
-    let api = Api::new();
+    let api = Api::new().await;
     api.call("PUT", "/devices/t1", None, Some(json!({}))).await;
     let twin = api.call("GET", "/twins/t1", None, None).await.body;
     assert_eq!(twin["deviceId"], "t1");
@@ -221,7 +229,7 @@ async fn twin_patch_and_replace_with_etags() {
 
 #[tokio::test]
 async fn bulk_reports_each_failure_and_validates_the_batch_first() {
-    let api = Api::new();
+    let api = Api::new().await;
     api.call("PUT", "/devices/exists", None, Some(json!({}))).await;
     let r = api
         .call(
@@ -267,7 +275,7 @@ async fn bulk_reports_each_failure_and_validates_the_batch_first() {
 
 #[tokio::test]
 async fn permissions_are_enforced_per_operation() {
-    let api = Api::new();
+    let api = Api::new().await;
     let w = api.call_as("registryRead", "PUT", "/devices/p", None, Some(json!({}))).await;
     assert_azure_error(&w, 401, "IotHubUnauthorized");
     assert_eq!(
@@ -298,7 +306,7 @@ async fn permissions_are_enforced_per_operation() {
 /// them changes the stored device.
 #[tokio::test]
 async fn bad_inputs_get_azure_errors_and_change_nothing() {
-    let api = Api::new();
+    let api = Api::new().await;
     api.call("PUT", "/devices/keep", None, Some(json!({}))).await;
     let before_dev = api.call("GET", "/devices/keep", None, None).await.body;
     let before_twin = api.call("GET", "/twins/keep", None, None).await.body;

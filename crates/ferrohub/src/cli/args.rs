@@ -47,6 +47,11 @@ pub(crate) enum Command {
     /// Cloud-to-device messages.
     #[command(subcommand, name = "c2d-message")]
     C2dMessage(super::c2d_message::C2dMessageCommand),
+    /// Automatic device configurations (az's `iot hub configuration`).
+    #[command(subcommand)]
+    Configuration(super::configuration::ConfigurationCommand),
+    /// Query device twins with the IoT Hub query language; prints every page.
+    Query(super::query::QueryArgs),
 }
 
 /// Flags of `ferrohub serve`.
@@ -76,6 +81,10 @@ pub(crate) struct ServeArgs {
     /// Private key (PEM) of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub(crate) tls_key: Option<PathBuf>,
+    /// Seconds between the configuration engine's full passes (it also
+    /// reacts to every change at once) [default: 300].
+    #[arg(long, value_name = "SECONDS", env = "FERROHUB_CONFIG_EVAL_INTERVAL", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) config_eval_interval: Option<u64>,
 }
 
 /// Output formats, as az's `--output`.

@@ -4,10 +4,12 @@
 //! - [`context`]: which hub, as whom, on which port, trusting which CA.
 //! - [`output`]: az's json/table/tsv rendering.
 //! - [`serve`], [`device_identity`], [`device_twin`], [`hub`],
-//!   [`invoke_method`], [`monitor_events`], [`c2d_message`]: the commands.
+//!   [`invoke_method`], [`monitor_events`], [`c2d_message`],
+//!   [`configuration`], [`query`]: the commands.
 
 pub(crate) mod args;
 pub(crate) mod c2d_message;
+pub(crate) mod configuration;
 pub(crate) mod context;
 pub(crate) mod device_identity;
 pub(crate) mod device_twin;
@@ -16,6 +18,7 @@ pub(crate) mod hub;
 pub(crate) mod invoke_method;
 pub(crate) mod monitor_events;
 pub(crate) mod output;
+pub(crate) mod query;
 pub(crate) mod serve;
 
 use std::io::Write as _;
@@ -86,6 +89,8 @@ async fn dispatch(command: Command) -> anyhow::Result<Outcome> {
         Command::InvokeDeviceMethod(a) => invoke_method::run(a).await,
         Command::MonitorEvents(a) => monitor_events::run(a).await,
         Command::C2dMessage(c) => c2d_message::run(c).await,
+        Command::Configuration(c) => configuration::run(c).await,
+        Command::Query(a) => query::run(a).await,
     }
 }
 

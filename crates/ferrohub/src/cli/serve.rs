@@ -18,6 +18,7 @@ pub(crate) fn options(args: ServeArgs) -> anyhow::Result<ServeOptions> {
         bind: args.bind,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
+        config_eval_interval: args.config_eval_interval.map(std::time::Duration::from_secs),
     })
 }
 

@@ -9,10 +9,12 @@
 
 mod body;
 mod c2d;
+mod configurations;
 mod devices;
 pub mod error;
 mod events;
 mod methods;
+mod query;
 mod stats;
 mod twins;
 
@@ -42,6 +44,8 @@ pub struct AppState {
     pub methods: Arc<crate::methods::PendingMethods>,
     /// Recent and live telemetry.
     pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// Automatic device configurations.
+    pub engine: Arc<crate::configurations::Engine>,
 }
 
 /// Shared handler state.
@@ -54,7 +58,14 @@ pub fn router(state: State) -> Router {
         // The Node service SDK lists with a trailing slash.
         .route("/devices/", get(devices::list).post(devices::bulk))
         .route("/devices/{id}", get(devices::get).put(devices::put).delete(devices::delete))
+        .route("/devices/query", post(query::query))
         .route("/devices/{id}/messages/deviceBound", post(c2d::send))
+        .route("/configurations", get(configurations::list))
+        .route("/configurations/testQueries", post(configurations::test_queries))
+        .route(
+            "/configurations/{id}",
+            get(configurations::get).put(configurations::put).delete(configurations::delete),
+        )
         .route("/twins/{id}", get(twins::get).patch(twins::patch).put(twins::replace))
         .route("/twins/{id}/methods", post(methods::invoke))
         .route("/events", get(events::stream))

@@ -1,0 +1,369 @@
+//! The configuration engine: automatic device configurations applied the
+//! moment something changes, with their metrics kept current.
+//!
+//! - Configuration writes (create, update, delete) store the configuration,
+//!   then re-evaluate every twin (a configuration can gain or lose any twin).
+//! - Twin and registry changes (tags, reported properties, service writes to
+//!   desired, device created) re-evaluate only that twin: the registry sends
+//!   the device id on a channel, and one worker task drains it.
+//! - An evaluation is `core::configuration::apply_configurations` under the
+//!   device's write lock: only values that differ are written, ownership is
+//!   kept in the twin's `$metadata` (`$lastUpdatedBy`), so evaluating twice,
+//!   or again after a restart, changes nothing. A configuration that was
+//!   half-applied when the process died is completed by the full pass at
+//!   start.
+//! - Metrics (targeted, applied, custom queries) are counted over all twins
+//!   after each batch of evaluations and served from memory.
+//! - A periodic full pass (default 5 minutes) catches anything missed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ferrohub_core::configuration::{
+    self, apply_configurations, Configuration, ConfigurationRequest, DeviceContent, QueryChecks,
+    TestQueriesRequest, TestQueriesResult,
+};
+use ferrohub_core::{HubError, HubResult};
+use ferrohub_query::{Expr, Query};
+use ferrohub_store::StoreError;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::clock;
+use crate::registry::{IfMatch, Registry};
+
+/// What the worker is asked to do.
+#[derive(Debug)]
+pub(crate) enum Work {
+    /// Re-evaluate one device.
+    Device(String),
+    /// Re-evaluate every device.
+    All,
+}
+
+/// How a configuration selects twins.
+enum Target {
+    Nothing,
+    All,
+    Where(Expr),
+}
+
+/// A configuration with its parsed parts.
+struct Loaded {
+    config: Configuration,
+    revision: i64,
+    content: DeviceContent,
+    target: Target,
+    metrics: Vec<(String, Query)>,
+}
+
+impl Loaded {
+    fn new(config: Configuration, revision: i64) -> HubResult<Self> {
+        let content = config.device_content()?;
+        let target = if config.kind() != configuration::ConfigurationKind::Device || config.targets_nothing()
+        {
+            Target::Nothing
+        } else if config.targets_all() {
+            Target::All
+        } else {
+            Target::Where(
+                ferrohub_query::parse_condition(&config.target_condition)
+                    .map_err(|e| HubError::internal(format!("stored target condition: {e}")))?,
+            )
+        };
+        let metrics = config
+            .metrics
+            .query_iter()
+            .filter_map(|(name, q)| ferrohub_query::parse_query(q).ok().map(|q| (name.to_owned(), q)))
+            .collect();
+        Ok(Self { config, revision, content, target, metrics })
+    }
+
+    fn targets(&self, twin: &Value) -> bool {
+        match &self.target {
+            Target::Nothing => false,
+            Target::All => true,
+            Target::Where(e) => ferrohub_query::matches(e, twin),
+        }
+    }
+}
+
+/// Metric results of one configuration.
+#[derive(Debug, Clone, Default)]
+struct Counts {
+    targeted: i64,
+    applied: i64,
+    custom: BTreeMap<String, i64>,
+}
+
+/// The engine of one hub.
+pub struct Engine {
+    registry: Registry,
+    configs: RwLock<BTreeMap<String, Arc<Loaded>>>,
+    counts: RwLock<HashMap<String, Counts>>,
+    work: mpsc::UnboundedSender<Work>,
+}
+
+/// Runs `f` with the query language's syntax checks. A plain function, so
+/// the (non-Send) checker references never live across an await.
+fn with_checks<T>(f: impl FnOnce(&QueryChecks<'_>) -> T) -> T {
+    let condition = |c: &str| ferrohub_query::parse_condition(c).map(drop).map_err(|e| e.message);
+    let metric = |q: &str| ferrohub_query::parse_query(q).map(drop).map_err(|e| e.message);
+    f(&QueryChecks { target_condition: &condition, metric_query: &metric })
+}
+
+fn store_error(e: StoreError, id: &str) -> HubError {
+    match e {
+        StoreError::NotFound => configuration::not_found(id),
+        StoreError::AlreadyExists => configuration::already_exists(id),
+        StoreError::Conflict => HubError::precondition_failed(),
+        StoreError::LimitReached => configuration::check_count(configuration::MAX_CONFIGURATIONS)
+            .err()
+            .unwrap_or_else(|| HubError::internal("configuration limit")),
+        e => crate::registry::store_error(e, id),
+    }
+}
+
+fn new_etag() -> String {
+    use base64::Engine as _;
+    use rand::Rng;
+    base64::engine::general_purpose::STANDARD.encode(rand::thread_rng().gen::<u64>().to_string())
+}
+
+impl Engine {
+    /// Loads the stored configurations and starts the worker, which first
+    /// runs a full pass (completing anything half-applied before a crash)
+    /// and then one every `full_pass`.
+    pub async fn start(registry: Registry, full_pass: Duration) -> anyhow::Result<Arc<Self>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let engine = Arc::new(Self {
+            registry: registry.clone(),
+            configs: RwLock::new(BTreeMap::new()),
+            counts: RwLock::new(HashMap::new()),
+            work: tx.clone(),
+        });
+        for stored in registry.store().list_configurations().await.map_err(|e| anyhow::anyhow!("{e}"))? {
+            let config: Configuration = serde_json::from_str(&stored.document)?;
+            let loaded =
+                Loaded::new(config, stored.revision).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            engine.configs_mut().insert(stored.id.clone(), Arc::new(loaded));
+        }
+        registry.set_change_listener(tx.clone());
+        let _ = tx.send(Work::All);
+        tokio::spawn(engine.clone().run(rx, full_pass));
+        Ok(engine)
+    }
+
+    fn configs_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Loaded>>> {
+        self.configs.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn snapshot(&self) -> Vec<Arc<Loaded>> {
+        self.configs.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    async fn run(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Work>, full_pass: Duration) {
+        let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + full_pass, full_pass);
+        loop {
+            let first = tokio::select! {
+                w = rx.recv() => match w { Some(w) => w, None => return },
+                _ = timer.tick() => Work::All,
+            };
+            // Take everything queued so far: one pass per burst.
+            let mut all = matches!(first, Work::All);
+            let mut devices = BTreeSet::new();
+            if let Work::Device(d) = first {
+                devices.insert(d);
+            }
+            while let Ok(w) = rx.try_recv() {
+                match w {
+                    Work::All => all = true,
+                    Work::Device(d) => {
+                        devices.insert(d);
+                    }
+                }
+            }
+            if all {
+                match self.registry.store().all_devices().await {
+                    Ok(records) => devices.extend(records.into_iter().map(|r| r.device.device_id)),
+                    Err(e) => tracing::error!(%e, "full pass: cannot list devices"),
+                }
+            }
+            let configs = self.snapshot();
+            for device_id in &devices {
+                if let Err(e) = self.evaluate(device_id, &configs).await {
+                    if e.code != ferrohub_core::ErrorCode::DeviceNotFound {
+                        tracing::warn!(device_id, %e, "configuration evaluation failed");
+                    }
+                }
+            }
+            self.recount(&configs).await;
+        }
+    }
+
+    /// Applies the configurations that target one twin.
+    async fn evaluate(&self, device_id: &str, configs: &[Arc<Loaded>]) -> HubResult<()> {
+        self.registry
+            .evaluate_twin(device_id, |twin, device| {
+                let doc = twin.to_json(device);
+                let targeting: Vec<_> = configs
+                    .iter()
+                    .filter(|c| c.targets(&doc))
+                    .map(|c| c.config.targeting(&c.content))
+                    .collect();
+                Ok(apply_configurations(twin, &targeting, clock::now())?.change)
+            })
+            .await
+    }
+
+    /// Counts every configuration's metrics over all twins.
+    async fn recount(&self, configs: &[Arc<Loaded>]) {
+        let records = match self.registry.store().all_devices().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(%e, "metrics: cannot list devices");
+                return;
+            }
+        };
+        let mut counts: HashMap<String, Counts> =
+            configs.iter().map(|c| (c.config.id.clone(), Counts::default())).collect();
+        for record in &records {
+            let doc = record.twin.to_json(&record.device);
+            for c in configs {
+                let Some(n) = counts.get_mut(&c.config.id) else { continue };
+                if c.targets(&doc) {
+                    n.targeted += 1;
+                }
+                let applied = record
+                    .twin
+                    .configurations
+                    .get(&c.config.id)
+                    .and_then(|s| s.get("status"))
+                    .is_some_and(|s| s == "Applied");
+                if applied {
+                    n.applied += 1;
+                }
+                for (name, query) in &c.metrics {
+                    let entry = n.custom.entry(name.clone()).or_default();
+                    if query.row_matches(&doc) {
+                        *entry += 1;
+                    }
+                }
+            }
+        }
+        *self.counts.write().unwrap_or_else(|p| p.into_inner()) = counts;
+    }
+
+    /// A configuration with its current metric results.
+    fn present(&self, loaded: &Loaded) -> Configuration {
+        let mut config = loaded.config.clone();
+        if let Some(n) = self.counts.read().unwrap_or_else(|p| p.into_inner()).get(&config.id) {
+            config.system_metrics.set_result("targetedCount", n.targeted);
+            config.system_metrics.set_result("appliedCount", n.applied);
+            for (name, count) in &n.custom {
+                config.metrics.set_result(name, *count);
+            }
+        }
+        config
+    }
+
+    fn loaded(&self, id: &str) -> HubResult<Arc<Loaded>> {
+        self.configs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| configuration::not_found(id))
+    }
+
+    /// `GET /configurations/{id}`.
+    pub fn get(&self, id: &str) -> HubResult<Configuration> {
+        let loaded = self.loaded(id)?;
+        Ok(self.present(&loaded))
+    }
+
+    /// `GET /configurations[?top=n]`.
+    pub fn list(&self, top: Option<i64>) -> Vec<Configuration> {
+        let top = match top {
+            Some(n) if n > 0 => n as usize,
+            _ => usize::MAX,
+        };
+        self.snapshot().iter().take(top).map(|l| self.present(l)).collect()
+    }
+
+    /// Creates (no If-Match) or updates a configuration, then re-evaluates
+    /// every twin.
+    pub async fn put(&self, id: &str, body: &Value, if_match: &IfMatch) -> HubResult<Configuration> {
+        let req = ConfigurationRequest::from_json(body)?;
+        let store = self.registry.store();
+        let loaded = match if_match {
+            IfMatch::Absent => {
+                let config =
+                    with_checks(|checks| Configuration::create(id, req, clock::now(), new_etag(), checks))?;
+                let doc = serde_json::to_string(&config).map_err(|e| HubError::internal(e.to_string()))?;
+                store
+                    .create_configuration(id, doc, configuration::MAX_CONFIGURATIONS)
+                    .await
+                    .map_err(|e| store_error(e, id))?;
+                Loaded::new(config, 1)?
+            }
+            cond => {
+                let current = self.loaded(id)?;
+                if let IfMatch::Etag(e) = cond {
+                    if *e != current.config.etag {
+                        return Err(HubError::precondition_failed());
+                    }
+                }
+                let config =
+                    with_checks(|checks| current.config.updated(req, clock::now(), new_etag(), checks))?;
+                if config == current.config {
+                    return Ok(self.present(&current));
+                }
+                let doc = serde_json::to_string(&config).map_err(|e| HubError::internal(e.to_string()))?;
+                store
+                    .update_configuration(id, doc, current.revision)
+                    .await
+                    .map_err(|e| store_error(e, id))?;
+                Loaded::new(config, current.revision + 1)?
+            }
+        };
+        let loaded = Arc::new(loaded);
+        self.configs_mut().insert(id.to_owned(), loaded.clone());
+        let _ = self.work.send(Work::All);
+        tracing::info!(id, "configuration stored");
+        Ok(self.present(&loaded))
+    }
+
+    /// Deletes a configuration; its settings leave the twins it held and the
+    /// next-priority configuration takes over.
+    pub async fn delete(&self, id: &str, if_match: &IfMatch) -> HubResult<()> {
+        let current = self.loaded(id)?;
+        if let IfMatch::Etag(e) = if_match {
+            if *e != current.config.etag {
+                return Err(HubError::precondition_failed());
+            }
+        }
+        self.registry.store().delete_configuration(id).await.map_err(|e| store_error(e, id))?;
+        self.configs_mut().remove(id);
+        self.counts.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+        let _ = self.work.send(Work::All);
+        tracing::info!(id, "configuration deleted");
+        Ok(())
+    }
+
+    /// `POST /configurations/testQueries`.
+    pub fn test_queries(&self, body: &Value) -> HubResult<TestQueriesResult> {
+        let req: TestQueriesRequest = serde_json::from_value(body.clone())
+            .map_err(|e| HubError::format(format!("Invalid body: {e}")))?;
+        Ok(with_checks(|checks| configuration::test_queries(&req, checks)))
+    }
+
+    /// Rows of a query over every twin (for `POST /devices/query`).
+    pub async fn query(&self, query: &Query) -> HubResult<ferrohub_query::QueryResult> {
+        let records =
+            self.registry.store().all_devices().await.map_err(|e| crate::registry::store_error(e, ""))?;
+        let docs: Vec<Value> = records.iter().map(|r| r.twin.to_json(&r.device)).collect();
+        ferrohub_query::execute(query, docs.iter()).map_err(|e| HubError::invalid(e.message))
+    }
+}
