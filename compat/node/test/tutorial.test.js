@@ -102,7 +102,7 @@ async function waitFor(label, probe, timeoutMs = WAIT_MS) {
   }
 }
 
-// The device's own view of its hub, shared by the chillers.
+// The hub's host name, for the devices' connection strings.
 function hostName() {
   const m = /(?:^|;)HostName=([^;]+)/.exec(ownerConnectionString || '');
   assert.ok(m, 'IOTHUB_CONNECTION_STRING has no HostName');
@@ -273,7 +273,12 @@ describe('the firmware update tutorial with the official SDKs', () => {
     }
     if (failingChild && failingChild.exitCode === null && failingChild.signalCode === null) {
       failingChild.kill('SIGINT');
-      const stopped = await Promise.race([failingExited, sleep(10000).then(() => false)]);
+      let timer;
+      const stopped = await Promise.race([
+        failingExited,
+        new Promise((resolve) => { timer = setTimeout(() => resolve(false), 10000); }),
+      ]);
+      clearTimeout(timer);
       if (stopped === false) failingChild.kill('SIGKILL');
     }
     for (const id of [FIRMWARE_290, FIRMWARE_285]) {
@@ -338,6 +343,7 @@ describe('the firmware update tutorial with the official SDKs', () => {
       assert.equal(configurationStatus(twin, FIRMWARE_285), 'Applied');
       assert.deepEqual(lastUpdatedBy(twin), [FIRMWARE_285], `$lastUpdatedBy under desired.$metadata.firmware of ${id}`);
       // The chiller walked every step, in order.
+      await chillers[id].idle();
       assert.deepEqual(chillers[id].history.slice(-5), ['downloading', 'verifying', 'applying', 'rebooting', 'current']);
     }
     await waitMetrics(FIRMWARE_285,

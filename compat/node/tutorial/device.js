@@ -76,7 +76,13 @@ async function startChiller(connectionString, options = {}) {
   let handledKey = null; // the desired firmware last acted on
 
   await client.open();
-  const twin = await client.getTwin();
+  let twin;
+  try {
+    twin = await client.getTwin();
+  } catch (err) {
+    await client.close().catch(() => {});
+    throw err;
+  }
 
   async function report(patch) {
     Object.assign(firmware, patch);
@@ -162,11 +168,17 @@ async function startChiller(connectionString, options = {}) {
 
   twin.on('properties.desired.firmware', onDesiredFirmware);
   twin.on('error', (err) => events.emit('error', err));
-  await report({ ...INITIAL_FIRMWARE });
-  // Read the twin again now that desired updates are subscribed: a desired
-  // firmware written between the first read and the subscription is seen here
-  // (the SDK fires the property event for it).
-  await twin.get();
+  try {
+    await report({ ...INITIAL_FIRMWARE });
+    // Read the twin again now that desired updates are subscribed: a desired
+    // firmware written between the first read and the subscription is seen
+    // here (the SDK fires the property event for it).
+    await twin.get();
+  } catch (err) {
+    closed = true;
+    await client.close().catch(() => {});
+    throw err;
+  }
 
   return {
     deviceId,

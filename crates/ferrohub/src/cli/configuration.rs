@@ -318,7 +318,7 @@ async fn show_metric(args: ShowMetricArgs) -> anyhow::Result<Outcome> {
         .and_then(Value::as_str)
         .with_context(|| {
             format!(
-                "the {kind} metric '{}' is not defined in the configuration '{}'",
+                "The {kind} metric '{}' is not defined in the configuration '{}'",
                 args.metric_id, args.config_id
             )
         })?
