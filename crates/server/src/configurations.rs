@@ -226,8 +226,15 @@ impl Engine {
                 return;
             }
         };
-        let mut counts: HashMap<String, Counts> =
-            configs.iter().map(|c| (c.config.id.clone(), Counts::default())).collect();
+        // Every metric starts at 0, so a configuration that targets nothing
+        // (or a hub without twins) still shows each of its metrics.
+        let mut counts: HashMap<String, Counts> = configs
+            .iter()
+            .map(|c| {
+                let custom = c.metrics.iter().map(|(name, _)| (name.clone(), 0)).collect();
+                (c.config.id.clone(), Counts { custom, ..Counts::default() })
+            })
+            .collect();
         for record in &records {
             let doc = record.twin.to_json(&record.device);
             for c in configs {
