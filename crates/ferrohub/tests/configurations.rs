@@ -175,6 +175,13 @@ async fn configuration_crud_follows_azure() {
     let (s, _, created) =
         call(&hub, reqwest::Method::PUT, "/configurations/cfg", Some(body.clone()), &[]).await;
     assert_eq!(s, 200);
+    // No twin at all: every metric still shows, at 0.
+    eventually("zero metrics", || async {
+        let (_, _, c) = call(&hub, reqwest::Method::GET, "/configurations/cfg", None, &[]).await;
+        (c["metrics"]["results"]["current"] == 0 && c["systemMetrics"]["results"]["targetedCount"] == 0)
+            .then_some(())
+    })
+    .await;
     let (s, h, _) = call(&hub, reqwest::Method::PUT, "/configurations/cfg", Some(body.clone()), &[]).await;
     assert_eq!(s, 409);
     assert_eq!(h["iothub-errorcode"], "ConfigurationAlreadyExists");
