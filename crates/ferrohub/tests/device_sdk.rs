@@ -318,36 +318,7 @@ async fn an_unreachable_hub_fails_the_first_connect() {
 async fn x509_devices_connect_with_their_certificate() {
     let hub = TestHub::start();
     let dir = tempfile::tempdir().unwrap();
-    let cert = dir.path().join("dev.pem");
-    let key = dir.path().join("dev-key.pem");
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=xdev",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let fp = std::process::Command::new("openssl")
-        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
-        .arg(&cert)
-        .output()
-        .unwrap();
-    let thumb = String::from_utf8(fp.stdout).unwrap().trim().rsplit('=').next().unwrap().replace(':', "");
+    let (cert, key, thumb) = common::mqtt::self_signed(dir.path(), "xdev", "sha256");
     let body = json!({"deviceId":"xdev","authentication":{"type":"selfSigned","x509Thumbprint":{"primaryThumbprint":thumb}}});
     let res = reqwest_client(&hub)
         .put(format!("https://localhost:{}/devices/xdev?api-version=2021-04-12", hub.https_port()))

@@ -564,47 +564,12 @@ fn pubp(topic: &str, qos: QoS) -> Packet {
     Packet::Publish(p)
 }
 
-/// A self-signed client certificate and its SHA-1 thumbprint.
-fn self_signed(dir: &std::path::Path, cn: &str) -> (std::path::PathBuf, std::path::PathBuf, String) {
-    let cert = dir.join(format!("{cn}.pem"));
-    let key = dir.join(format!("{cn}-key.pem"));
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "2",
-        ])
-        .args(["-subj", &format!("/CN={cn}")])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let out = std::process::Command::new("openssl")
-        .args(["x509", "-noout", "-fingerprint", "-sha1", "-in"])
-        .arg(&cert)
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let thumb = text.trim().rsplit('=').next().unwrap().replace(':', "");
-    (cert, key, thumb)
-}
-
 #[tokio::test]
 async fn self_signed_devices_connect_with_their_certificate_only() {
     let hub = TestHub::start();
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, thumb) = self_signed(dir.path(), "x509dev");
-    let (other_cert, other_key, _) = self_signed(dir.path(), "intruder");
+    let (cert, key, thumb) = common::mqtt::self_signed(dir.path(), "x509dev", "sha1");
+    let (other_cert, other_key, _) = common::mqtt::self_signed(dir.path(), "intruder", "sha1");
     let body = json!({"deviceId":"x509dev","authentication":{"type":"selfSigned","x509Thumbprint":{"primaryThumbprint":thumb.to_lowercase()}}});
     let res = http(&hub)
         .put(format!("https://localhost:{}/devices/x509dev?api-version=2021-04-12", hub.https_port()))

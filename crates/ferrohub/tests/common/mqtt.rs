@@ -193,3 +193,44 @@ impl RawMqtt {
         true
     }
 }
+
+/// A self-signed client certificate made with openssl: (certificate PEM,
+/// key PEM, thumbprint in hex) with the thumbprint's digest `"sha1"` or
+/// `"sha256"`.
+pub fn self_signed(
+    dir: &std::path::Path,
+    cn: &str,
+    digest: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let cert = dir.join(format!("{cn}.pem"));
+    let key = dir.join(format!("{cn}-key.pem"));
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+        ])
+        .args(["-subj", &format!("/CN={cn}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", &format!("-{digest}"), "-in"])
+        .arg(&cert)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let thumb = text.trim().rsplit('=').next().unwrap().replace(':', "");
+    (cert, key, thumb)
+}
