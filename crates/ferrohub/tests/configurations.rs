@@ -90,7 +90,7 @@ async fn tag(hub: &TestHub, device: &str, tags: Value) {
 
 #[tokio::test]
 async fn configurations_apply_on_every_change_and_hand_paths_back() {
-    let hub = TestHub::start_with(&["--config-eval-interval", "3600"]);
+    let mut hub = TestHub::start_with(&["--config-eval-interval", "3600"]);
     for d in ["c1", "c2", "o1"] {
         create_device(&hub, d).await;
     }
@@ -166,6 +166,19 @@ async fn configurations_apply_on_every_change_and_hand_paths_back() {
     // A device that stops matching loses the configuration's settings.
     tag(&hub, "o1", json!({"devicetype":"other"})).await;
     eventually("settings removed", || async { desired_fw(&hub, "o1").await.is_null().then_some(()) }).await;
+
+    // The counts kept by deltas through all of the above equal a recount
+    // from scratch (a restart recounts).
+    let metrics = |c: &Value| (c["systemMetrics"]["results"].clone(), c["metrics"]["results"].clone());
+    let expected = (json!({"targetedCount": 2, "appliedCount": 2}), json!({"current": 0}));
+    let before = eventually("settled metrics", || async {
+        let (_, _, c) = call(&hub, reqwest::Method::GET, "/configurations/firmware285", None, &[]).await;
+        (metrics(&c) == expected).then_some(metrics(&c))
+    })
+    .await;
+    hub.restart();
+    let (_, _, after) = call(&hub, reqwest::Method::GET, "/configurations/firmware285", None, &[]).await;
+    assert_eq!(metrics(&after), before);
 }
 
 #[tokio::test]

@@ -97,6 +97,23 @@ struct Counts {
     custom: BTreeMap<String, i64>,
 }
 
+impl Counts {
+    /// Adds (`sign` 1) or removes (`sign` -1) one twin's contribution.
+    fn add(&mut self, c: &Loaded, doc: &Value, sign: i64) {
+        if c.targets(doc) {
+            self.targeted += sign;
+        }
+        if doc["configurations"][&c.config.id]["status"] == "Applied" {
+            self.applied += sign;
+        }
+        for (name, query) in &c.metrics {
+            if query.row_matches(doc) {
+                *self.custom.entry(name.clone()).or_default() += sign;
+            }
+        }
+    }
+}
+
 /// The engine of one hub.
 pub struct Engine {
     registry: Registry,
@@ -149,6 +166,16 @@ impl Engine {
                 Loaded::new(config, stored.revision).map_err(|e| anyhow::anyhow!("{}", e.message))?;
             engine.configs_mut().insert(stored.id.clone(), Arc::new(loaded));
         }
+        let records = registry.store().all_devices().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        registry.index().load(&records);
+        drop(records);
+        let weak = Arc::downgrade(&engine);
+        registry.index().set_observer(Arc::new(move |old, new| {
+            if let Some(engine) = weak.upgrade() {
+                engine.observe(old, new);
+            }
+        }));
+        engine.recount();
         registry.set_change_listener(tx.clone());
         let _ = tx.send(Work::All);
         tokio::spawn(engine.clone().run(rx, full_pass));
@@ -185,10 +212,7 @@ impl Engine {
                 }
             }
             if all {
-                match self.registry.store().all_devices().await {
-                    Ok(records) => devices.extend(records.into_iter().map(|r| r.device.device_id)),
-                    Err(e) => tracing::error!(%e, "full pass: cannot list devices"),
-                }
+                devices.extend(self.registry.index().ids());
             }
             let configs = self.snapshot();
             for device_id in &devices {
@@ -198,7 +222,11 @@ impl Engine {
                     }
                 }
             }
-            self.recount(&configs).await;
+            if all {
+                // Deltas keep the counts current; a full pass also recounts,
+                // as a safety net.
+                self.recount();
+            }
         }
     }
 
@@ -217,49 +245,46 @@ impl Engine {
             .await
     }
 
-    /// Counts every configuration's metrics over all twins.
-    async fn recount(&self, configs: &[Arc<Loaded>]) {
-        let records = match self.registry.store().all_devices().await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(%e, "metrics: cannot list devices");
-                return;
-            }
-        };
-        // Every metric starts at 0, so a configuration that targets nothing
-        // (or a hub without twins) still shows each of its metrics.
-        let mut counts: HashMap<String, Counts> = configs
-            .iter()
-            .map(|c| {
-                let custom = c.metrics.iter().map(|(name, _)| (name.clone(), 0)).collect();
-                (c.config.id.clone(), Counts { custom, ..Counts::default() })
-            })
-            .collect();
-        for record in &records {
-            let doc = record.twin.to_json(&record.device);
-            for c in configs {
-                let Some(n) = counts.get_mut(&c.config.id) else { continue };
-                if c.targets(&doc) {
-                    n.targeted += 1;
-                }
-                let applied = record
-                    .twin
-                    .configurations
-                    .get(&c.config.id)
-                    .and_then(|s| s.get("status"))
-                    .is_some_and(|s| s == "Applied");
-                if applied {
-                    n.applied += 1;
-                }
-                for (name, query) in &c.metrics {
-                    let entry = n.custom.entry(name.clone()).or_default();
-                    if query.row_matches(&doc) {
-                        *entry += 1;
+    /// Counts every configuration's metrics over all twins, with no twin
+    /// changing meanwhile (so the deltas that follow line up).
+    fn recount(&self) {
+        let configs = self.snapshot();
+        self.registry.index().with_all(|docs| {
+            let mut counts: HashMap<String, Counts> = configs
+                .iter()
+                .map(|c| {
+                    // Every metric starts at 0, so a configuration that
+                    // targets nothing still shows each of its metrics.
+                    let custom = c.metrics.iter().map(|(name, _)| (name.clone(), 0)).collect();
+                    (c.config.id.clone(), Counts { custom, ..Counts::default() })
+                })
+                .collect();
+            for doc in docs {
+                for c in &configs {
+                    if let Some(n) = counts.get_mut(&c.config.id) {
+                        n.add(c, doc, 1);
                     }
                 }
             }
+            *self.counts.write().unwrap_or_else(|p| p.into_inner()) = counts;
+        });
+    }
+
+    /// One twin changed from `old` to `new` (either may be absent): move the
+    /// counts by the difference. Called under the index lock.
+    fn observe(&self, old: Option<&Value>, new: Option<&Value>) {
+        let configs = self.snapshot();
+        let mut counts = self.counts.write().unwrap_or_else(|p| p.into_inner());
+        for c in &configs {
+            if let Some(n) = counts.get_mut(&c.config.id) {
+                if let Some(old) = old {
+                    n.add(c, old, -1);
+                }
+                if let Some(new) = new {
+                    n.add(c, new, 1);
+                }
+            }
         }
-        *self.counts.write().unwrap_or_else(|p| p.into_inner()) = counts;
     }
 
     /// A configuration with its current metric results.
@@ -337,6 +362,7 @@ impl Engine {
         };
         let loaded = Arc::new(loaded);
         self.configs_mut().insert(id.to_owned(), loaded.clone());
+        self.recount();
         let _ = self.work.send(Work::All);
         tracing::info!(id, "configuration stored");
         Ok(self.present(&loaded))
@@ -366,11 +392,11 @@ impl Engine {
         Ok(with_checks(|checks| configuration::test_queries(&req, checks)))
     }
 
-    /// Rows of a query over every twin (for `POST /devices/query`).
-    pub async fn query(&self, query: &Query) -> HubResult<ferrohub_query::QueryResult> {
-        let records =
-            self.registry.store().all_devices().await.map_err(|e| crate::registry::store_error(e, ""))?;
-        let docs: Vec<Value> = records.iter().map(|r| r.twin.to_json(&r.device)).collect();
-        ferrohub_query::execute(query, docs.iter()).map_err(|e| HubError::invalid(e.message))
+    /// Rows of a query over every twin (for `POST /devices/query`), from
+    /// the in-memory documents.
+    pub fn query(&self, query: &Query) -> HubResult<ferrohub_query::QueryResult> {
+        let docs = self.registry.index().snapshot();
+        ferrohub_query::execute(query, docs.iter().map(|d| d.as_ref()))
+            .map_err(|e| HubError::invalid(e.message))
     }
 }

@@ -21,6 +21,7 @@ pub mod presence;
 pub mod registry;
 pub mod telemetry;
 pub mod tls;
+mod twin_index;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -57,6 +57,8 @@ pub struct Registry {
     stripes: Arc<Vec<tokio::sync::Mutex<()>>>,
     /// Where twin changes are announced (the configuration engine).
     changes: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<crate::configurations::Work>>>,
+    /// Every twin's query document, kept current by every write here.
+    index: Arc<crate::twin_index::TwinIndex>,
 }
 
 pub(crate) fn store_error(e: StoreError, device_id: &str) -> HubError {
@@ -108,7 +110,12 @@ impl Registry {
     /// A registry over a store, pushing changes to `presence`'s connections.
     pub fn new(store: Arc<dyn Store>, presence: Arc<Presence>) -> Self {
         let stripes = Arc::new((0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect());
-        Self { store, presence, stripes, changes: Arc::default() }
+        Self { store, presence, stripes, changes: Arc::default(), index: Arc::default() }
+    }
+
+    /// The in-memory query documents.
+    pub(crate) fn index(&self) -> &Arc<crate::twin_index::TwinIndex> {
+        &self.index
     }
 
     /// Sends every later device change to `tx` (set once, by the engine).
@@ -193,7 +200,11 @@ impl Registry {
             twin.apply_service_patch(patch, now)?;
         }
         let record = DeviceRecord { device, twin, revision: 0 };
-        self.store.create_device(&record).await.map_err(|e| store_error(e, device_id))?;
+        {
+            let _serial = self.stripe(device_id).lock().await;
+            self.store.create_device(&record).await.map_err(|e| store_error(e, device_id))?;
+            self.index.put(&record);
+        }
         tracing::info!(device_id, "device created");
         self.changed(device_id);
         Ok(record.device)
@@ -249,6 +260,7 @@ impl Registry {
             match self.store.delete_device(device_id, Some(record.revision)).await {
                 Ok(()) => {
                     tracing::info!(device_id, "device deleted");
+                    self.index.remove(device_id);
                     self.presence.kick(device_id);
                     self.changed(device_id);
                     return Ok(());
@@ -395,6 +407,7 @@ impl Registry {
             match self.store.update_device(&record).await {
                 Ok(()) => {
                     record.revision += 1;
+                    self.index.put(&record);
                     committed(&record);
                     return Ok(record);
                 }

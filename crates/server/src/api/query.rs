@@ -53,7 +53,7 @@ pub(super) async fn query(
         .unwrap_or(DEFAULT_PAGE)
         .min(MAX_PAGE);
     let offset = decode_continuation(&headers)?;
-    let result = state.engine.query(&parsed).await?;
+    let result = state.engine.query(&parsed)?;
     let total = result.items.len();
     let end = (offset + page).min(total);
     let items: Vec<Value> = result.items.into_iter().skip(offset).take(end.saturating_sub(offset)).collect();
