@@ -395,8 +395,15 @@ impl Engine {
     /// Rows of a query over every twin (for `POST /devices/query`), from
     /// the in-memory documents.
     pub fn query(&self, query: &Query) -> HubResult<ferrohub_query::QueryResult> {
-        let docs = self.registry.index().snapshot();
-        ferrohub_query::execute(query, docs.iter().map(|d| d.as_ref()))
-            .map_err(|e| HubError::invalid(e.message))
+        let (docs, covered) = self.registry.index().candidates(query.filter.as_ref());
+        let result = if covered {
+            // The index answered the WHERE clause exactly: don't evaluate it
+            // again (this is what keeps a COUNT over a large fleet cheap).
+            let unfiltered = Query { filter: None, ..query.clone() };
+            ferrohub_query::execute(&unfiltered, docs.iter().map(|d| d.as_ref()))
+        } else {
+            ferrohub_query::execute(query, docs.iter().map(|d| d.as_ref()))
+        };
+        result.map_err(|e| HubError::invalid(e.message))
     }
 }
