@@ -12,6 +12,7 @@
 pub mod configuration;
 pub mod connection_string;
 pub mod error;
+pub mod firmware;
 pub mod identity;
 pub mod message;
 pub mod sas;

@@ -10,6 +10,7 @@ pub mod c2d;
 mod client_cert;
 mod clock;
 pub mod configurations;
+pub mod firmware;
 mod fsutil;
 pub mod hubfile;
 pub mod listen;
@@ -96,6 +97,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         methods: Default::default(),
         telemetry: Default::default(),
         engine,
+        firmware: Arc::new(firmware::FirmwareStore::open(dir)?),
     });
     let app = api::router(state.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
 

@@ -54,6 +54,7 @@ impl Api {
         let state = Arc::new(AppState {
             registry,
             engine,
+            firmware: Arc::new(ferrohub_server::firmware::FirmwareStore::open(dir.path()).unwrap()),
             auth: Authorizer::new(policies.clone(), vec!["localhost".into()]),
             methods: Default::default(),
             telemetry: Default::default(),

@@ -428,6 +428,12 @@ impl Configuration {
         }
     }
 
+    /// Whether the content names `needle` anywhere (e.g. a firmware image's
+    /// hash in `fwPackageCheckValue` or its URI).
+    pub fn content_mentions(&self, needle: &str) -> bool {
+        serde_json::to_string(&self.content).is_ok_and(|s| s.contains(needle))
+    }
+
     /// Whether the target condition is empty, so the configuration targets no
     /// twin at all.
     pub fn targets_nothing(&self) -> bool {

@@ -13,6 +13,7 @@ mod configurations;
 mod devices;
 pub mod error;
 mod events;
+mod firmware;
 mod methods;
 mod query;
 mod stats;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub telemetry: Arc<crate::telemetry::Telemetry>,
     /// Automatic device configurations.
     pub engine: Arc<crate::configurations::Engine>,
+    /// Firmware images and the signing key.
+    pub firmware: Arc<crate::firmware::FirmwareStore>,
 }
 
 /// Shared handler state.
@@ -69,6 +72,10 @@ pub fn router(state: State) -> Router {
         .route("/twins/{id}", get(twins::get).patch(twins::patch).put(twins::replace))
         .route("/twins/{id}/methods", post(methods::invoke))
         .route("/events", get(events::stream))
+        .route("/firmware/{sha}", get(firmware::download))
+        .route("/firmware-images", get(firmware::list).post(firmware::upload))
+        .route("/firmware-images/{sha}", get(firmware::show).delete(firmware::delete))
+        .route("/firmware-key", get(firmware::public_key))
         .route("/$iothub/websocket", get(crate::mqtt::websocket))
         .route("/statistics/devices", get(stats::devices))
         .route("/statistics/service", get(stats::service))

@@ -1,0 +1,152 @@
+//! Firmware images: managed with service credentials at
+//! `/firmware-images`, downloaded by devices with their own SAS token at
+//! `/firmware/{sha256}` (with `Range`, so downloads resume).
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State as AxState};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, ETAG};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use ferrohub_core::identity::{AuthenticationType, DeviceStatus};
+use ferrohub_core::sas::{self, KeyLookup, Permission, SasToken, SharedAccessPolicy};
+use ferrohub_core::{ErrorCode, HubError};
+use tower::ServiceExt as _;
+
+use super::error::{ApiError, ApiResult};
+use super::{authorize, json, State};
+use crate::firmware::{check_sha256, not_found};
+
+struct Keys<'a> {
+    policies: &'a [SharedAccessPolicy],
+    device: Option<(String, String)>,
+}
+
+impl KeyLookup for Keys<'_> {
+    fn policy(&self, name: &str) -> Option<&SharedAccessPolicy> {
+        self.policies.iter().find(|p| p.key_name == name)
+    }
+
+    fn device_keys(&self, _device_id: &str) -> Option<(String, String)> {
+        self.device.clone()
+    }
+}
+
+/// Checks a device's own SAS token (or a DeviceConnect policy token) for a
+/// download; every failure is 401.
+async fn authorize_device(state: &super::AppState, headers: &HeaderMap) -> Result<(), HubError> {
+    let header = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| HubError::unauthorized("A device SAS token is required"))?;
+    let token = SasToken::parse(header)?;
+    let (device_id, _) =
+        token.device_identity().ok_or_else(|| HubError::unauthorized("The token names no device"))?;
+    let device_id = device_id.to_owned();
+    let record = state
+        .registry
+        .store()
+        .get_device(&device_id)
+        .await
+        .map_err(|e| crate::registry::store_error(e, &device_id))?
+        .ok_or_else(|| HubError::unauthorized("Unknown device"))?;
+    if record.device.status == DeviceStatus::Disabled {
+        return Err(HubError::unauthorized("The device is disabled"));
+    }
+    let auth = &record.device.authentication;
+    let device = (auth.kind == AuthenticationType::Sas)
+        .then(|| (auth.symmetric_key.primary_key.clone(), auth.symmetric_key.secondary_key.clone()));
+    let keys = Keys { policies: state.auth.policies(), device };
+    let principal = sas::authorize(
+        header,
+        crate::clock::unix_seconds(),
+        state.auth.host_names(),
+        &format!("/devices/{device_id}"),
+        &keys,
+    )?;
+    if principal.has(Permission::DeviceConnect) {
+        Ok(())
+    } else {
+        Err(HubError::new(ErrorCode::IotHubUnauthorized, "Downloading firmware needs DeviceConnect"))
+    }
+}
+
+/// `GET /firmware/{sha256}`: the image bytes, with `Range` (206/416) and an
+/// `ETag` of the image's hash.
+pub(super) async fn download(
+    AxState(state): AxState<State>,
+    Path(sha): Path<String>,
+    req: Request<Body>,
+) -> ApiResult<Response> {
+    authorize_device(&state, req.headers()).await?;
+    check_sha256(&sha)?;
+    if state.firmware.get(&sha)?.is_none() {
+        return Err(not_found(&sha).into());
+    }
+    let mut response = tower_http::services::ServeFile::new(state.firmware.blob(&sha))
+        .oneshot(req)
+        .await
+        .map_err(|e| ApiError(HubError::internal(e.to_string())))?
+        .map(Body::new);
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{sha}\"")) {
+        response.headers_mut().insert(ETAG, v);
+    }
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    Ok(response)
+}
+
+/// `POST /firmware-images?version=V[&deviceType=T]`: the body is the image.
+pub(super) async fn upload(
+    AxState(state): AxState<State>,
+    Query(query): Query<HashMap<String, String>>,
+    req: Request<Body>,
+) -> ApiResult<Response> {
+    authorize(&state, req.headers(), &[Permission::ServiceConnect])?;
+    let version = query.get("version").ok_or_else(|| HubError::invalid("The query needs version=..."))?;
+    let device_type = query.get("deviceType").map(String::as_str).unwrap_or("");
+    let image = state.firmware.upload(version, device_type, req.into_body()).await?;
+    json(&image)
+}
+
+pub(super) async fn list(AxState(state): AxState<State>, headers: HeaderMap) -> ApiResult<Response> {
+    authorize(&state, &headers, &[Permission::ServiceConnect])?;
+    json(&state.firmware.list()?)
+}
+
+pub(super) async fn show(
+    AxState(state): AxState<State>,
+    headers: HeaderMap,
+    Path(sha): Path<String>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &[Permission::ServiceConnect])?;
+    check_sha256(&sha)?;
+    json(&state.firmware.get(&sha)?.ok_or_else(|| not_found(&sha))?)
+}
+
+/// Refused while a configuration's content names the image (by hash).
+pub(super) async fn delete(
+    AxState(state): AxState<State>,
+    headers: HeaderMap,
+    Path(sha): Path<String>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &[Permission::ServiceConnect])?;
+    check_sha256(&sha)?;
+    if let Some(config) = state.engine.list(None).into_iter().find(|c| c.content_mentions(&sha)) {
+        return Err(HubError::new(
+            ErrorCode::InvalidOperation,
+            format!("Firmware image {sha} is referenced by configuration {}", config.id),
+        )
+        .into());
+    }
+    state.firmware.delete(&sha)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /firmware-key`: the public key devices verify manifests with.
+pub(super) async fn public_key(AxState(state): AxState<State>, headers: HeaderMap) -> ApiResult<Response> {
+    authorize(&state, &headers, &[Permission::ServiceConnect, Permission::RegistryRead])?;
+    let mut r = state.firmware.public_key_pem()?.into_response();
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/x-pem-file"));
+    Ok(r)
+}
