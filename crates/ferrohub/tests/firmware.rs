@@ -190,3 +190,41 @@ async fn the_signing_key_is_created_once_and_kept() {
     hub.restart();
     assert_eq!(std::fs::read(&key_file).unwrap(), first);
 }
+
+#[test]
+fn firmware_cli_uploads_lists_shows_and_deletes() {
+    let hub = TestHub::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("image.bin");
+    let mut image = vec![0u8; 1024 * 1024];
+    rand::thread_rng().fill_bytes(&mut image);
+    std::fs::write(&file, &image).unwrap();
+    let sha = hex::encode(sha2::Sha256::digest(&image));
+
+    let record = common::ok_json(&hub.cli(&[
+        "firmware",
+        "upload",
+        "--version",
+        "2.8.5",
+        "--device-type",
+        "chiller",
+        file.to_str().unwrap(),
+        "--hub-name",
+        "h",
+    ]));
+    assert_eq!(record["sha256"], sha);
+    assert_eq!(record["size"], image.len());
+    assert_eq!(record["fwPackageURI"], format!("https://localhost:{}/firmware/{sha}", hub.https_port()));
+    let list = common::ok_json(&hub.cli(&["firmware", "list"]));
+    assert_eq!(list[0]["sha256"], sha);
+    let shown = common::ok_json(&hub.cli(&["firmware", "show", "--sha256", &sha]));
+    assert_eq!(shown["fwSignature"], record["fwSignature"]);
+    let pem = common::ok(&hub.cli(&["firmware", "public-key"]));
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
+    // The same bytes under another version are refused.
+    let err = common::fails(&hub.cli(&["firmware", "upload", "--version", "9.9.9", file.to_str().unwrap()]));
+    assert!(err.contains("InvalidOperation"), "{err}");
+    assert_eq!(common::ok(&hub.cli(&["firmware", "delete", "--sha256", &sha])), "");
+    let err = common::fails(&hub.cli(&["firmware", "show", "--sha256", &sha]));
+    assert!(err.contains("not found"), "{err}");
+}

@@ -54,6 +54,7 @@
 
 mod error;
 mod events;
+mod firmware;
 mod messaging;
 mod tls;
 

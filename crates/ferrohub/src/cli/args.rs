@@ -50,6 +50,9 @@ pub(crate) enum Command {
     /// Automatic device configurations (az's `iot hub configuration`).
     #[command(subcommand)]
     Configuration(super::configuration::ConfigurationCommand),
+    /// Manage the hub's firmware images.
+    #[command(subcommand)]
+    Firmware(super::firmware::FirmwareCommand),
     /// Query device twins with the IoT Hub query language; prints every page.
     Query(super::query::QueryArgs),
 }

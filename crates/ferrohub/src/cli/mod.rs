@@ -13,6 +13,7 @@ pub(crate) mod configuration;
 pub(crate) mod context;
 pub(crate) mod device_identity;
 pub(crate) mod device_twin;
+pub(crate) mod firmware;
 pub(crate) mod generic_update;
 pub(crate) mod hub;
 pub(crate) mod invoke_method;
@@ -90,6 +91,7 @@ async fn dispatch(command: Command) -> anyhow::Result<Outcome> {
         Command::MonitorEvents(a) => monitor_events::run(a).await,
         Command::C2dMessage(c) => c2d_message::run(c).await,
         Command::Configuration(c) => configuration::run(c).await,
+        Command::Firmware(c) => firmware::run(c).await,
         Command::Query(a) => query::run(a).await,
     }
 }

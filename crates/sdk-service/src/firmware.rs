@@ -1,0 +1,80 @@
+//! Firmware images hosted by ferrohub (not an Azure IoT Hub API).
+
+use std::path::Path;
+
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::{encode, Error, Result, ServiceClient};
+
+impl ServiceClient {
+    /// Uploads an image, streamed from disk (never read whole into memory).
+    /// Returns the hub's signed record (`version`, `size`, `sha256`,
+    /// `deviceType`, `created`, `fwManifest`, `fwSignature`).
+    pub async fn upload_firmware(
+        &self,
+        file: &Path,
+        version: &str,
+        device_type: Option<&str>,
+    ) -> Result<Value> {
+        let f = tokio::fs::File::open(file)
+            .await
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", file.display())))?;
+        let len = f.metadata().await.map(|m| m.len()).ok();
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f));
+        let mut query = vec![("version", version)];
+        if let Some(t) = device_type {
+            query.push(("deviceType", t));
+        }
+        let mut request = self
+            .request(Method::POST, "/firmware-images", &query)?
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body);
+        if let Some(len) = len {
+            request = request.header(reqwest::header::CONTENT_LENGTH, len);
+        }
+        let (status, code, text) = self.finish("/firmware-images", request).await?;
+        if !status.is_success() {
+            return Err(Error::from_response_parts(status.as_u16(), code.as_deref(), &text));
+        }
+        serde_json::from_str(&text).map_err(|e| Error::Decode(e.to_string()))
+    }
+
+    /// Every hosted image, newest first.
+    pub async fn list_firmware(&self) -> Result<Vec<Value>> {
+        self.json(Method::GET, "/firmware-images", &[], None, None::<&()>).await
+    }
+
+    /// One image's record.
+    pub async fn get_firmware(&self, sha256: &str) -> Result<Value> {
+        self.json(Method::GET, &format!("/firmware-images/{}", encode(sha256)), &[], None, None::<&()>).await
+    }
+
+    /// Deletes an image (refused while a configuration names it).
+    pub async fn delete_firmware(&self, sha256: &str) -> Result<()> {
+        let path = format!("/firmware-images/{}", encode(sha256));
+        let request = self.request(Method::DELETE, &path, &[])?;
+        let (status, code, text) = self.finish(&path, request).await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(Error::from_response_parts(status.as_u16(), code.as_deref(), &text))
+        }
+    }
+
+    /// The public key (PEM) devices verify firmware manifests with.
+    pub async fn firmware_public_key(&self) -> Result<String> {
+        let request = self.request(Method::GET, "/firmware-key", &[])?;
+        let (status, code, text) = self.finish("/firmware-key", request).await?;
+        if status.is_success() {
+            Ok(text)
+        } else {
+            Err(Error::from_response_parts(status.as_u16(), code.as_deref(), &text))
+        }
+    }
+
+    /// Where devices download an image: `https://{host}[:{port}]/firmware/{sha256}`.
+    pub fn firmware_uri(&self, sha256: &str) -> String {
+        self.url(&format!("/firmware/{sha256}"))
+    }
+}
