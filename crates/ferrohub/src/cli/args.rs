@@ -55,6 +55,9 @@ pub(crate) enum Command {
     Firmware(super::firmware::FirmwareCommand),
     /// Query device twins with the IoT Hub query language; prints every page.
     Query(super::query::QueryArgs),
+    /// Run the device update agent: follow the desired firmware, download,
+    /// verify, apply to the inactive slot, reboot, roll back on failure.
+    Agent(super::agent::AgentArgs),
 }
 
 /// Flags of `ferrohub serve`.

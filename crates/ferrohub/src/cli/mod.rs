@@ -7,6 +7,7 @@
 //!   [`invoke_method`], [`monitor_events`], [`c2d_message`],
 //!   [`configuration`], [`query`]: the commands.
 
+pub(crate) mod agent;
 pub(crate) mod args;
 pub(crate) mod c2d_message;
 pub(crate) mod configuration;
@@ -93,6 +94,7 @@ async fn dispatch(command: Command) -> anyhow::Result<Outcome> {
         Command::Configuration(c) => configuration::run(c).await,
         Command::Firmware(c) => firmware::run(c).await,
         Command::Query(a) => query::run(a).await,
+        Command::Agent(a) => agent::run(a).await,
     }
 }
 
