@@ -21,6 +21,8 @@
 //! `rolledback`; the active slot is never a half-written one. "Reboot"
 //! re-executes the agent with the same arguments.
 
+pub mod sim;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};

@@ -58,6 +58,9 @@ pub(crate) enum Command {
     /// Run the device update agent: follow the desired firmware, download,
     /// verify, apply to the inactive slot, reboot, roll back on failure.
     Agent(super::agent::AgentArgs),
+    /// Simulate a fleet of update agents in one process (with fault
+    /// injection) against the hub.
+    Simulate(super::simulate::SimulateArgs),
 }
 
 /// Flags of `ferrohub serve`.

@@ -5,7 +5,8 @@
 //! - [`output`]: az's json/table/tsv rendering.
 //! - [`serve`], [`device_identity`], [`device_twin`], [`hub`],
 //!   [`invoke_method`], [`monitor_events`], [`c2d_message`],
-//!   [`configuration`], [`query`]: the commands.
+//!   [`configuration`], [`query`], [`firmware`], [`agent`], [`simulate`]:
+//!   the commands.
 
 pub(crate) mod agent;
 pub(crate) mod args;
@@ -22,6 +23,7 @@ pub(crate) mod monitor_events;
 pub(crate) mod output;
 pub(crate) mod query;
 pub(crate) mod serve;
+pub(crate) mod simulate;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -95,6 +97,7 @@ async fn dispatch(command: Command) -> anyhow::Result<Outcome> {
         Command::Firmware(c) => firmware::run(c).await,
         Command::Query(a) => query::run(a).await,
         Command::Agent(a) => agent::run(a).await,
+        Command::Simulate(a) => simulate::run(a).await,
     }
 }
 
