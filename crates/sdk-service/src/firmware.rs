@@ -73,6 +73,27 @@ impl ServiceClient {
         }
     }
 
+    /// Creates a staged rollout (`POST /firmware-rollouts`); returns it.
+    pub async fn create_rollout(&self, rollout: &Value) -> Result<Value> {
+        self.json(Method::POST, "/firmware-rollouts", &[], None, Some(rollout)).await
+    }
+
+    /// One rollout with its progress per wave.
+    pub async fn get_rollout(&self, id: &str) -> Result<Value> {
+        self.json(Method::GET, &format!("/firmware-rollouts/{}", encode(id)), &[], None, None::<&()>).await
+    }
+
+    /// Every rollout.
+    pub async fn list_rollouts(&self) -> Result<Vec<Value>> {
+        self.json(Method::GET, "/firmware-rollouts", &[], None, None::<&()>).await
+    }
+
+    /// `pause`, `resume` or `cancel` a rollout; returns it.
+    pub async fn rollout_action(&self, id: &str, action: &str) -> Result<Value> {
+        let path = format!("/firmware-rollouts/{}/{}", encode(id), encode(action));
+        self.json(Method::POST, &path, &[], None, Some(&serde_json::json!({}))).await
+    }
+
     /// Where devices download an image: `https://{host}[:{port}]/firmware/{sha256}`.
     pub fn firmware_uri(&self, sha256: &str) -> String {
         self.url(&format!("/firmware/{sha256}"))

@@ -20,6 +20,7 @@ pub mod options;
 pub mod policies;
 pub mod presence;
 pub mod registry;
+pub mod rollouts;
 pub mod telemetry;
 pub mod tls;
 mod twin_index;
@@ -91,13 +92,23 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let registry = registry::Registry::new(Arc::new(store), presence.clone());
     let full_pass = opts.config_eval_interval.unwrap_or(DEFAULT_FULL_PASS);
     let engine = configurations::Engine::start(registry.clone(), full_pass).await?;
+    let firmware = Arc::new(firmware::FirmwareStore::open(dir)?);
+    let rollouts = rollouts::Rollouts::start(
+        dir,
+        registry.clone(),
+        engine.clone(),
+        firmware.clone(),
+        std::time::Duration::from_secs(1),
+    )
+    .await?;
     let state = Arc::new(api::AppState {
         registry,
         auth: auth::Authorizer::new(policies.clone(), auth_names),
         methods: Default::default(),
         telemetry: Default::default(),
-        engine,
-        firmware: Arc::new(firmware::FirmwareStore::open(dir)?),
+        engine: engine.clone(),
+        firmware: firmware.clone(),
+        rollouts,
     });
     let app = api::router(state.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
 

@@ -51,10 +51,21 @@ impl Api {
         )
         .await
         .unwrap();
+        let firmware = Arc::new(ferrohub_server::firmware::FirmwareStore::open(dir.path()).unwrap());
+        let rollouts = ferrohub_server::rollouts::Rollouts::start(
+            dir.path(),
+            registry.clone(),
+            engine.clone(),
+            firmware.clone(),
+            std::time::Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
         let state = Arc::new(AppState {
             registry,
             engine,
-            firmware: Arc::new(ferrohub_server::firmware::FirmwareStore::open(dir.path()).unwrap()),
+            firmware,
+            rollouts,
             auth: Authorizer::new(policies.clone(), vec!["localhost".into()]),
             methods: Default::default(),
             telemetry: Default::default(),

@@ -139,6 +139,13 @@ pub(super) async fn delete(
         )
         .into());
     }
+    if let Some(id) = state.rollouts.references(&sha).await {
+        return Err(HubError::new(
+            ErrorCode::InvalidOperation,
+            format!("Firmware image {sha} is referenced by rollout {id}"),
+        )
+        .into());
+    }
     state.firmware.delete(&sha)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -16,6 +16,7 @@ mod events;
 mod firmware;
 mod methods;
 mod query;
+mod rollouts;
 mod stats;
 mod twins;
 
@@ -49,6 +50,8 @@ pub struct AppState {
     pub engine: Arc<crate::configurations::Engine>,
     /// Firmware images and the signing key.
     pub firmware: Arc<crate::firmware::FirmwareStore>,
+    /// Staged firmware rollouts.
+    pub rollouts: Arc<crate::rollouts::Rollouts>,
 }
 
 /// Shared handler state.
@@ -76,6 +79,9 @@ pub fn router(state: State) -> Router {
         .route("/firmware-images", get(firmware::list).post(firmware::upload))
         .route("/firmware-images/{sha}", get(firmware::show).delete(firmware::delete))
         .route("/firmware-key", get(firmware::public_key))
+        .route("/firmware-rollouts", get(rollouts::list).post(rollouts::create))
+        .route("/firmware-rollouts/{id}", get(rollouts::get))
+        .route("/firmware-rollouts/{id}/{action}", post(rollouts::act))
         .route("/$iothub/websocket", get(crate::mqtt::websocket))
         .route("/statistics/devices", get(stats::devices))
         .route("/statistics/service", get(stats::service))
