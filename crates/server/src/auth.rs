@@ -1,5 +1,6 @@
 //! SAS authorization of service API requests.
 
+use ferrohub_core::identity::{AuthenticationType, Device, DeviceStatus};
 use ferrohub_core::sas::{self, KeyLookup, Permission, SasToken, SharedAccessPolicy};
 use ferrohub_core::{ErrorCode, HubError, HubResult};
 
@@ -11,17 +12,21 @@ pub struct Authorizer {
     host_names: Vec<String>,
 }
 
-/// The service API only knows policies: a token signed with a device key is
-/// refused before any key lookup.
-struct PolicyKeys<'a>(&'a [SharedAccessPolicy]);
+/// Where `sas::authorize` finds keys: the hub's policies, plus the keys of
+/// the one device a token names (none for the service API, which refuses
+/// device tokens before any lookup).
+struct Keys<'a> {
+    policies: &'a [SharedAccessPolicy],
+    device: Option<(String, String)>,
+}
 
-impl KeyLookup for PolicyKeys<'_> {
+impl KeyLookup for Keys<'_> {
     fn policy(&self, name: &str) -> Option<&SharedAccessPolicy> {
-        self.0.iter().find(|p| p.key_name == name)
+        self.policies.iter().find(|p| p.key_name == name)
     }
 
     fn device_keys(&self, _device_id: &str) -> Option<(String, String)> {
-        None
+        self.device.clone()
     }
 }
 
@@ -31,14 +36,25 @@ impl Authorizer {
         Self { policies, host_names }
     }
 
-    /// The hub's shared access policies.
-    pub(crate) fn policies(&self) -> &[SharedAccessPolicy] {
-        &self.policies
-    }
-
-    /// Every name the hub answers to.
-    pub(crate) fn host_names(&self) -> &[String] {
-        &self.host_names
+    /// Checks a token acting for `device` (the device's own key, or a policy
+    /// with DeviceConnect covering it): the one rule MQTT CONNECT and
+    /// firmware downloads share. Returns the token's expiry.
+    pub(crate) fn authorize_device(&self, token: &str, device: &Device) -> HubResult<i64> {
+        if device.status == DeviceStatus::Disabled {
+            return Err(HubError::unauthorized("The device is disabled"));
+        }
+        let auth = &device.authentication;
+        let keys = Keys {
+            policies: &self.policies,
+            device: (auth.kind == AuthenticationType::Sas)
+                .then(|| (auth.symmetric_key.primary_key.clone(), auth.symmetric_key.secondary_key.clone())),
+        };
+        let target = format!("/devices/{}", device.device_id);
+        let principal = sas::authorize(token, clock::unix_seconds(), &self.host_names, &target, &keys)?;
+        if !principal.has(Permission::DeviceConnect) {
+            return Err(HubError::new(ErrorCode::IotHubUnauthorized, "The token lacks DeviceConnect"));
+        }
+        Ok(SasToken::parse(token)?.expiry())
     }
 
     /// Checks an `Authorization` header for a service API call needing any
@@ -51,8 +67,13 @@ impl Authorizer {
         if SasToken::parse(header)?.skn().is_none() {
             return Err(HubError::unauthorized("Device credentials cannot be used on the service API"));
         }
-        let principal =
-            sas::authorize(header, clock::unix_seconds(), &self.host_names, "", &PolicyKeys(&self.policies))?;
+        let principal = sas::authorize(
+            header,
+            clock::unix_seconds(),
+            &self.host_names,
+            "",
+            &Keys { policies: &self.policies, device: None },
+        )?;
         if needed.iter().any(|p| principal.has(*p)) {
             Ok(())
         } else {

@@ -31,7 +31,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::clock;
-use crate::registry::{IfMatch, Registry};
+use crate::registry::{new_etag, IfMatch, Registry};
 
 /// What the worker is asked to do.
 #[derive(Debug)]
@@ -140,12 +140,6 @@ fn store_error(e: StoreError, id: &str) -> HubError {
             .unwrap_or_else(|| HubError::internal("configuration limit")),
         e => crate::registry::store_error(e, id),
     }
-}
-
-fn new_etag() -> String {
-    use base64::Engine as _;
-    use rand::Rng;
-    base64::engine::general_purpose::STANDARD.encode(rand::thread_rng().gen::<u64>().to_string())
 }
 
 impl Engine {

@@ -92,7 +92,7 @@ pub(crate) fn new_key() -> String {
 
 /// A fresh identity etag. Azure's are base64 text of a number; random
 /// numbers keep an etag from a deleted device from matching its successor.
-fn new_etag() -> String {
+pub(crate) fn new_etag() -> String {
     use base64::Engine as _;
     let n: u64 = rand::thread_rng().gen_range(100_000_000..u64::MAX / 2);
     base64::engine::general_purpose::STANDARD.encode(n.to_string())

@@ -9,29 +9,13 @@ use axum::extract::{Path, Query, Request, State as AxState};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, ETAG};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use ferrohub_core::identity::{AuthenticationType, DeviceStatus};
-use ferrohub_core::sas::{self, KeyLookup, Permission, SasToken, SharedAccessPolicy};
+use ferrohub_core::sas::{Permission, SasToken};
 use ferrohub_core::{ErrorCode, HubError};
 use tower::ServiceExt as _;
 
 use super::error::{ApiError, ApiResult};
 use super::{authorize, json, State};
 use crate::firmware::{check_sha256, not_found};
-
-struct Keys<'a> {
-    policies: &'a [SharedAccessPolicy],
-    device: Option<(String, String)>,
-}
-
-impl KeyLookup for Keys<'_> {
-    fn policy(&self, name: &str) -> Option<&SharedAccessPolicy> {
-        self.policies.iter().find(|p| p.key_name == name)
-    }
-
-    fn device_keys(&self, _device_id: &str) -> Option<(String, String)> {
-        self.device.clone()
-    }
-}
 
 /// Checks a device's own SAS token (or a DeviceConnect policy token) for a
 /// download; every failure is 401.
@@ -51,25 +35,7 @@ async fn authorize_device(state: &super::AppState, headers: &HeaderMap) -> Resul
         .await
         .map_err(|e| crate::registry::store_error(e, &device_id))?
         .ok_or_else(|| HubError::unauthorized("Unknown device"))?;
-    if record.device.status == DeviceStatus::Disabled {
-        return Err(HubError::unauthorized("The device is disabled"));
-    }
-    let auth = &record.device.authentication;
-    let device = (auth.kind == AuthenticationType::Sas)
-        .then(|| (auth.symmetric_key.primary_key.clone(), auth.symmetric_key.secondary_key.clone()));
-    let keys = Keys { policies: state.auth.policies(), device };
-    let principal = sas::authorize(
-        header,
-        crate::clock::unix_seconds(),
-        state.auth.host_names(),
-        &format!("/devices/{device_id}"),
-        &keys,
-    )?;
-    if principal.has(Permission::DeviceConnect) {
-        Ok(())
-    } else {
-        Err(HubError::new(ErrorCode::IotHubUnauthorized, "Downloading firmware needs DeviceConnect"))
-    }
+    state.auth.authorize_device(header, &record.device).map(drop)
 }
 
 /// `GET /firmware/{sha256}`: the image bytes, with `Range` (206/416) and an

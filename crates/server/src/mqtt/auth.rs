@@ -3,13 +3,11 @@
 //! `selfSigned` devices the TLS client certificate's thumbprint.
 
 use ferrohub_core::identity::{AuthenticationType, DeviceStatus};
-use ferrohub_core::sas::{self, KeyLookup, Permission, SasToken, SharedAccessPolicy};
 use ferrohub_mqtt::v4::{Connect, ConnectReturnCode};
 use ferrohub_store::DeviceRecord;
 use sha1::Digest as _;
 
 use crate::api::AppState;
-use crate::clock;
 
 /// An accepted CONNECT.
 pub(crate) struct Authenticated {
@@ -17,21 +15,6 @@ pub(crate) struct Authenticated {
     pub(crate) device_id: String,
     /// When the token expires (Unix seconds); none for certificates.
     pub(crate) expires: Option<i64>,
-}
-
-struct Keys<'a> {
-    policies: &'a [SharedAccessPolicy],
-    device: Option<(String, String)>,
-}
-
-impl KeyLookup for Keys<'_> {
-    fn policy(&self, name: &str) -> Option<&SharedAccessPolicy> {
-        self.policies.iter().find(|p| p.key_name == name)
-    }
-
-    fn device_keys(&self, _device_id: &str) -> Option<(String, String)> {
-        self.device.clone()
-    }
 }
 
 /// Hex thumbprints (SHA-1 and SHA-256) of a DER certificate, upper case.
@@ -72,18 +55,9 @@ pub(crate) async fn authenticate(
     }
     let auth = &record.device.authentication;
     if !login.password.is_empty() {
-        let device_keys = (auth.kind == AuthenticationType::Sas)
-            .then(|| (auth.symmetric_key.primary_key.clone(), auth.symmetric_key.secondary_key.clone()));
-        let keys = Keys { policies: state.auth.policies(), device: device_keys };
-        let target = format!("/devices/{device_id}");
-        let principal =
-            sas::authorize(&login.password, clock::unix_seconds(), state.auth.host_names(), &target, &keys)
-                .map_err(|e| refuse(&e.message))?;
-        if !principal.has(Permission::DeviceConnect) {
-            return Err(refuse("the policy lacks DeviceConnect"));
-        }
-        let expires = SasToken::parse(&login.password).map(|t| t.expiry()).ok();
-        return Ok(Authenticated { device_id: device_id.to_owned(), expires });
+        let expiry =
+            state.auth.authorize_device(&login.password, &record.device).map_err(|e| refuse(&e.message))?;
+        return Ok(Authenticated { device_id: device_id.to_owned(), expires: Some(expiry) });
     }
     match (auth.kind, client_cert) {
         (AuthenticationType::SelfSigned, Some(der)) => {
