@@ -8,25 +8,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::mqtt::{create_device, now_unix, service};
+use common::mqtt::{create_device, http, owner_token, service};
 use common::TestHub;
 use serde_json::{json, Value};
 
 /// How long an awaited condition may take.
 const WAIT: Duration = Duration::from_secs(30);
-
-fn http(hub: &TestHub) -> reqwest::Client {
-    let ca = std::fs::read(hub.ca_file()).unwrap();
-    reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .build()
-        .unwrap()
-}
-
-fn token(hub: &TestHub) -> String {
-    let cs: ferrohub_core::connection_string::ConnectionString = hub.connection_string().parse().unwrap();
-    cs.sas_token(now_unix() + 3600).unwrap()
-}
 
 async fn call(
     hub: &TestHub,
@@ -37,7 +24,7 @@ async fn call(
 ) -> (u16, reqwest::header::HeaderMap, Value) {
     let mut req = http(hub)
         .request(method, format!("https://localhost:{}{path}", hub.https_port()))
-        .header("authorization", token(hub));
+        .header("authorization", owner_token(hub));
     for (k, v) in headers {
         req = req.header(*k, *v);
     }

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::mqtt::{create_device, service};
+use common::mqtt::{create_device, http, owner_token, service};
 use common::TestHub;
 use ferrohub_device_client::{ConnectionStatus, DeviceClient, DeviceOptions, Message, Transport};
 use serde_json::{json, Value};
@@ -78,7 +78,7 @@ async fn every_feature(websocket: bool) {
         let payload = call.payload.clone();
         call.respond(200, json!({"echo": payload})).await.unwrap();
     });
-    let res = reqwest_client(&hub)
+    let res = http(&hub)
         .post(format!("https://localhost:{}/twins/{id}/methods?api-version=2021-04-12", hub.https_port()))
         .header("authorization", owner_token(&hub))
         .header("content-type", "application/json")
@@ -106,7 +106,7 @@ async fn every_feature(websocket: bool) {
     assert_eq!(event["systemProperties"]["content_type"], "application/json");
 
     // Cloud-to-device with properties.
-    let res = reqwest_client(&hub)
+    let res = http(&hub)
         .post(format!(
             "https://localhost:{}/devices/{id}/messages/deviceBound?api-version=2021-04-12",
             hub.https_port()
@@ -125,7 +125,7 @@ async fn every_feature(websocket: bool) {
     assert_eq!(msg.message_id.as_deref(), Some("c-1"));
     assert_eq!(msg.to.as_deref(), Some(format!("/devices/{id}/messages/deviceBound").as_str()));
     // A second message, queued after the first was taken, arrives too.
-    let res = reqwest_client(&hub)
+    let res = http(&hub)
         .post(format!("https://localhost:{}/devices/{id}/messages/deviceBound", hub.https_port()))
         .header("authorization", owner_token(&hub))
         .body("again")
@@ -233,7 +233,7 @@ async fn queued_c2d_reaches_a_device_after_a_hub_restart() {
     let key = create_device(&hub, "rs").await;
     let client = connect(&hub, "rs", &key, false).await;
     client.close().await;
-    let res = reqwest_client(&hub)
+    let res = http(&hub)
         .post(format!("https://localhost:{}/devices/rs/messages/deviceBound", hub.https_port()))
         .header("authorization", owner_token(&hub))
         .body("kept")
@@ -272,21 +272,8 @@ fn merge(doc: &mut Value, patch: &Value) {
     }
 }
 
-fn reqwest_client(hub: &TestHub) -> reqwest::Client {
-    let ca = std::fs::read(hub.ca_file()).unwrap();
-    reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .build()
-        .unwrap()
-}
-
-fn owner_token(hub: &TestHub) -> String {
-    let cs: ferrohub_core::connection_string::ConnectionString = hub.connection_string().parse().unwrap();
-    cs.sas_token(common::mqtt::now_unix() + 3600).unwrap()
-}
-
 async fn first_event(hub: &TestHub, device: &str) -> Value {
-    let mut res = reqwest_client(hub)
+    let mut res = http(hub)
         .get(format!("https://localhost:{}/events?deviceId={device}&last=1", hub.https_port()))
         .header("authorization", owner_token(hub))
         .send()
@@ -320,7 +307,7 @@ async fn x509_devices_connect_with_their_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key, thumb) = common::mqtt::self_signed(dir.path(), "xdev", "sha256");
     let body = json!({"deviceId":"xdev","authentication":{"type":"selfSigned","x509Thumbprint":{"primaryThumbprint":thumb}}});
-    let res = reqwest_client(&hub)
+    let res = http(&hub)
         .put(format!("https://localhost:{}/devices/xdev?api-version=2021-04-12", hub.https_port()))
         .header("authorization", owner_token(&hub))
         .header("content-type", "application/json")

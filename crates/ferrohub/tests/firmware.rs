@@ -4,20 +4,12 @@
 
 mod common;
 
-use common::mqtt::{create_device, now_unix, token};
+use common::mqtt::{create_device, http, now_unix, token};
 use common::TestHub;
 use ed25519_dalek::pkcs8::DecodePublicKey;
 use rand::RngCore;
 use serde_json::{json, Value};
 use sha2::Digest;
-
-fn http(hub: &TestHub) -> reqwest::Client {
-    let ca = std::fs::read(hub.ca_file()).unwrap();
-    reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .build()
-        .unwrap()
-}
 
 fn policy_token(hub: &TestHub, name: &str) -> String {
     let policies: Value =

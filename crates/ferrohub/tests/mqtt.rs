@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::mqtt::{connect_packet, create_device, now_unix, service, token, RawMqtt};
+use common::mqtt::{connect_packet, create_device, http, now_unix, owner_token, service, token, RawMqtt};
 use common::TestHub;
 use ferrohub_mqtt::v4::{ConnectReturnCode, Packet, PubAck};
 use ferrohub_mqtt::QoS;
@@ -20,20 +20,6 @@ const METHODS: &str = "$iothub/methods/POST/#";
 
 fn c2d_filter(d: &str) -> String {
     format!("devices/{d}/messages/devicebound/#")
-}
-
-/// A raw HTTPS client for the endpoints the service client does not cover.
-fn http(hub: &TestHub) -> reqwest::Client {
-    let ca = std::fs::read(hub.ca_file()).unwrap();
-    reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .build()
-        .unwrap()
-}
-
-fn owner_token(hub: &TestHub) -> String {
-    let cs: ferrohub_core::connection_string::ConnectionString = hub.connection_string().parse().unwrap();
-    cs.sas_token(now_unix() + 3600).unwrap()
 }
 
 async fn post(hub: &TestHub, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> (u16, Value) {

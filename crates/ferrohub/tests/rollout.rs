@@ -8,10 +8,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::mqtt::service;
+use common::sim::Simulator;
 use common::{fails, ok_json, TestHub};
 use rand::RngCore;
 use serde_json::Value;
@@ -19,44 +19,11 @@ use serde_json::Value;
 /// The cap on every wait (debug builds on a loaded CI machine).
 const WAIT: Duration = Duration::from_secs(180);
 
-/// A running simulator, killed on drop; its output goes to a log file.
-struct Simulator {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Simulator {
-    fn spawn(hub: &TestHub, dir: &Path, devices: usize, prefix: &str, failure_rate: &str) -> Self {
-        let log = dir.join(format!("simulate-{prefix}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let err = file.try_clone().unwrap();
-        let child = hub
-            .command()
-            .arg("simulate")
-            .args(["--devices", &devices.to_string(), "--prefix", prefix])
-            .args(["--tags", r#"{"devicetype":"chiller"}"#, "--failure-rate", failure_rate])
-            .args(["--speed", "20x"])
-            .arg("--data-dir")
-            .arg(hub.data_dir())
-            .args(["--https-port", &hub.https_port().to_string()])
-            .args(["--mqtt-port", &hub.mqtt_port().to_string()])
-            .stdout(Stdio::from(file))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .unwrap();
-        Self { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Simulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `ferrohub simulate` with `devices` chillers named `<prefix>-n`.
+fn simulate(hub: &TestHub, dir: &Path, devices: usize, prefix: &str, failure_rate: &str) -> Simulator {
+    let devices = devices.to_string();
+    let extra = ["--devices", &devices, "--prefix", prefix, "--tags", r#"{"devicetype":"chiller"}"#];
+    Simulator::spawn(hub, dir, prefix, &[&extra[..], &["--failure-rate", failure_rate]].concat())
 }
 
 /// Uploads a random image; returns its SHA-256.
@@ -152,7 +119,7 @@ async fn waves_advance_on_the_success_threshold_until_the_rollout_succeeds() {
     let hub = TestHub::start();
     let dir = tempfile::tempdir().unwrap();
     let sha = upload(&hub, dir.path(), "2.8.5");
-    let sim = Simulator::spawn(&hub, dir.path(), 10, "ok", "0.0");
+    let sim = simulate(&hub, dir.path(), 10, "ok", "0.0");
     await_fleet(&hub, &sim, "ok", 10).await;
 
     // Bad inputs are refused with one-line errors.
@@ -220,7 +187,7 @@ async fn a_failing_fleet_halts_after_the_first_wave() {
     let hub = TestHub::start();
     let dir = tempfile::tempdir().unwrap();
     let sha = upload(&hub, dir.path(), "3.0.0");
-    let sim = Simulator::spawn(&hub, dir.path(), 10, "bad", "1.0");
+    let sim = simulate(&hub, dir.path(), 10, "bad", "1.0");
     await_fleet(&hub, &sim, "bad", 10).await;
 
     let created = create(&hub, "r300", &sha, "20,50,100", "90", "50");
@@ -245,7 +212,7 @@ async fn rollout_state_survives_a_hub_restart() {
     let mut hub = TestHub::start();
     let dir = tempfile::tempdir().unwrap();
     let sha = upload(&hub, dir.path(), "5.0.0");
-    let sim = Simulator::spawn(&hub, dir.path(), 4, "keep", "0.0");
+    let sim = simulate(&hub, dir.path(), 4, "keep", "0.0");
     await_fleet(&hub, &sim, "keep", 4).await;
 
     let created = create(&hub, "r500", &sha, "50,100", "100", "50");

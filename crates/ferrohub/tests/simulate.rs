@@ -6,67 +6,16 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::mqtt::service;
+use common::sim::Simulator;
 use common::{ok_json, TestHub};
 use rand::RngCore;
 use serde_json::{json, Value};
 
 /// The cap on every wait (debug builds on a loaded CI machine).
 const WAIT: Duration = Duration::from_secs(120);
-
-/// A running simulator, killed on drop; its output goes to a log file.
-struct Simulator {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Simulator {
-    fn spawn(hub: &TestHub, dir: &std::path::Path, extra: &[&str]) -> Self {
-        let log = dir.join("simulate.log");
-        let file = std::fs::File::create(&log).unwrap();
-        let err = file.try_clone().unwrap();
-        let child = hub
-            .command()
-            .arg("simulate")
-            .args(extra)
-            .args(["--speed", "20x"])
-            .arg("--data-dir")
-            .arg(hub.data_dir())
-            .args(["--https-port", &hub.https_port().to_string()])
-            .args(["--mqtt-port", &hub.mqtt_port().to_string()])
-            .stdout(Stdio::from(file))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .unwrap();
-        Self { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then the summary line must appear.
-    fn stop(mut self) -> String {
-        let pid = self.child.id().to_string();
-        std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let start = Instant::now();
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(start.elapsed() < WAIT, "the simulator did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        self.log()
-    }
-}
-
-impl Drop for Simulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Uploads a random image with the CLI; returns the desired `firmware`.
 fn upload(hub: &TestHub, dir: &std::path::Path, version: &str) -> Value {
@@ -135,6 +84,7 @@ async fn twenty_simulated_chillers_update_to_a_real_image() {
     let sim = Simulator::spawn(
         &hub,
         dir.path(),
+        "sim",
         &[
             "--devices",
             "20",
@@ -163,7 +113,7 @@ async fn twenty_simulated_chillers_update_to_a_real_image() {
     assert_eq!(fw["pendingFwVersion"], "", "{fw}");
     assert!(fw["lastFwUpdateEndTime"].as_str().unwrap().len() > 10, "{fw}");
 
-    let log = sim.stop();
+    let log = sim.stop(WAIT);
     let summary = log.lines().find(|l| l.starts_with("summary ")).unwrap_or_else(|| panic!("{log}"));
     assert!(summary.contains("devices=20") && summary.contains("updated=20"), "{summary}");
 }
@@ -176,6 +126,7 @@ async fn failing_downloads_end_rolled_back() {
     let sim = Simulator::spawn(
         &hub,
         dir.path(),
+        "bad",
         &[
             "--devices",
             "4",
@@ -203,7 +154,7 @@ async fn failing_downloads_end_rolled_back() {
         let sub = fw["fwUpdateSubstatus"].as_str().unwrap();
         assert!(sub.contains("checksum") || sub.contains("download failed"), "{fw}");
     }
-    let log = sim.stop();
+    let log = sim.stop(WAIT);
     assert!(log.lines().any(|l| l.starts_with("summary ") && l.contains("rolledback=4")), "{log}");
 }
 
@@ -215,6 +166,7 @@ async fn crashes_while_applying_roll_back_and_offline_devices_disconnect() {
     let crashing = Simulator::spawn(
         &hub,
         dir.path(),
+        "crash",
         &[
             "--devices",
             "3",
@@ -233,6 +185,7 @@ async fn crashes_while_applying_roll_back_and_offline_devices_disconnect() {
     let offline = Simulator::spawn(
         &hub,
         &offline_dir,
+        "gone",
         &[
             "--devices",
             "3",
@@ -275,8 +228,8 @@ async fn crashes_while_applying_roll_back_and_offline_devices_disconnect() {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
-    let log = offline.stop();
+    let log = offline.stop(WAIT);
     assert!(log.lines().any(|l| l.starts_with("summary ") && l.contains("offline=3")), "{log}");
-    let log = crashing.stop();
+    let log = crashing.stop(WAIT);
     assert!(log.lines().any(|l| l.starts_with("summary ") && l.contains("crashes=3")), "{log}");
 }

@@ -13,6 +13,7 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)] // each test crate uses a different part
 
 pub mod mqtt;
+pub mod sim;
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader};

@@ -21,6 +21,22 @@ pub fn now_unix() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
+/// A raw HTTPS client that trusts the hub's CA (for endpoints and
+/// requests the service client does not make).
+pub fn http(hub: &TestHub) -> reqwest::Client {
+    let ca = std::fs::read(hub.ca_file()).unwrap();
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .build()
+        .unwrap()
+}
+
+/// A one-hour `iothubowner` token for the hub.
+pub fn owner_token(hub: &TestHub) -> String {
+    let cs: ferrohub_core::connection_string::ConnectionString = hub.connection_string().parse().unwrap();
+    cs.sas_token(now_unix() + 3600).unwrap()
+}
+
 /// A service client for the hub.
 pub fn service(hub: &TestHub) -> ServiceClient {
     ServiceClient::new(
