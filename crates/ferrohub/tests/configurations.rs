@@ -341,3 +341,31 @@ async fn a_configuration_half_applied_at_sigkill_is_completed_after_restart() {
         assert_eq!(twin["properties"]["desired"]["$version"], 2, "k{i}");
     }
 }
+
+#[tokio::test]
+async fn a_hub_holds_at_most_100_configurations() {
+    let hub = TestHub::start_with(&["--config-eval-interval", "3600"]);
+    for i in 0..100 {
+        let id = format!("c{i}");
+        let (s, _, body) = call(
+            &hub,
+            reqwest::Method::PUT,
+            &format!("/configurations/{id}"),
+            Some(firmware_config(&id, "1", "*", 1)),
+            &[],
+        )
+        .await;
+        assert_eq!(s, 200, "{id}: {body}");
+    }
+    let (s, h, _) = call(
+        &hub,
+        reqwest::Method::PUT,
+        "/configurations/c100",
+        Some(firmware_config("c100", "1", "*", 1)),
+        &[],
+    )
+    .await;
+    assert_eq!((s, h["iothub-errorcode"].to_str().unwrap()), (413, "ConfigurationCountLimitExceeded"));
+    let (_, _, list) = call(&hub, reqwest::Method::GET, "/configurations", None, &[]).await;
+    assert_eq!(list.as_array().unwrap().len(), 100);
+}
