@@ -232,7 +232,13 @@ impl Agent {
 
     /// Handles the desired `firmware` value while idle.
     async fn on_desired(&mut self, desired: Option<&Value>) -> anyhow::Result<()> {
-        let Some(desired) = desired.filter(|v| v.is_object()) else { return Ok(()) };
+        let Some(desired) = desired.filter(|v| v.is_object()) else {
+            // Withdrawn: offering the same update again is a retry.
+            if self.state.rejected.take().is_some() {
+                self.save()?;
+            }
+            return Ok(());
+        };
         let target: Target = serde_json::from_value(desired.clone()).unwrap_or_default();
         if target.fw_version.is_empty() || self.state.rejected.as_ref() == Some(&target) {
             return Ok(());

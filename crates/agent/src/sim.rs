@@ -8,9 +8,10 @@
 //! per device), hashes the download as it streams instead of storing it,
 //! and "reboots" by closing its connection and connecting again.
 //!
-//! Faults are injected per device and update, decided by a hash of the
-//! device id, the target version and the fault's name, so a run is
-//! reproducible: [`Faults::failure_rate`] (a download failure or a bad
+//! Faults are injected per device and update attempt, decided by a hash of
+//! the device id, the target version, the fault's name and (from the second
+//! attempt on) the attempt number, so a run is reproducible and a retried
+//! update can succeed: [`Faults::failure_rate`] (a download failure or a bad
 //! checksum → `error`, then `rolledback`), [`Faults::crash_rate`] (the
 //! device drops off while applying, comes back and rolls back) and
 //! [`Faults::offline_after_update_rate`] (after updating it reports
@@ -264,8 +265,12 @@ struct SimDevice {
     end_time: String,
     /// The update in progress (reported as `pendingFwVersion`).
     target: Option<Target>,
-    /// A target that failed; not retried until the desired value changes.
+    /// A target that failed; not retried until the desired value changes
+    /// or is withdrawn.
     rejected: Option<Target>,
+    /// The version last attempted and how many times: faults are drawn per
+    /// attempt, so a retry of a failed update may succeed.
+    attempts: (String, u32),
 }
 
 impl SimDevice {
@@ -313,7 +318,11 @@ impl SimDevice {
         client: &DeviceClient,
         desired: Option<&Value>,
     ) -> Option<Next> {
-        let desired = desired.filter(|v| v.is_object())?;
+        let Some(desired) = desired.filter(|v| v.is_object()) else {
+            // Withdrawn: offering the same update again is a retry.
+            self.rejected = None;
+            return None;
+        };
         let target: Target = serde_json::from_value(desired.clone()).unwrap_or_default();
         if target.fw_version.is_empty() || self.rejected.as_ref() == Some(&target) {
             return None;
@@ -335,7 +344,17 @@ impl SimDevice {
             return None;
         }
         let faults = fleet.faults;
-        let fail = strikes(faults.failure_rate, &self.id, &target.fw_version, "failure");
+        if self.attempts.0 == target.fw_version {
+            self.attempts.1 += 1;
+        } else {
+            self.attempts = (target.fw_version.clone(), 1);
+        }
+        let attempt = self.attempts.1;
+        let kind = |fault: &str| match attempt {
+            1 => fault.to_owned(),
+            n => format!("{fault}-{n}"),
+        };
+        let fail = strikes(faults.failure_rate, &self.id, &target.fw_version, &kind("failure"));
         self.set(fleet, client, SimStatus::Downloading, "0%").await;
         tokio::time::sleep(fleet.step).await;
         let downloaded = if fail && strikes(0.5, &self.id, &target.fw_version, "failure-kind") {
@@ -359,7 +378,7 @@ impl SimDevice {
         }
         self.set(fleet, client, SimStatus::Applying, "").await;
         tokio::time::sleep(fleet.step).await;
-        if strikes(faults.crash_rate, &self.id, &target.fw_version, "crash") {
+        if strikes(faults.crash_rate, &self.id, &target.fw_version, &kind("crash")) {
             fleet.crashes.fetch_add(1, Ordering::Relaxed);
             return Some(Next::Crash);
         }
@@ -496,6 +515,7 @@ pub async fn run_device(fleet: Arc<Fleet>, index: usize, id: String, key: String
         end_time: String::new(),
         target: None,
         rejected: None,
+        attempts: (String::new(), 0),
     };
     let mut after: Option<Next> = None;
     let mut failures = 0u32;

@@ -5,6 +5,8 @@
 //! - [`twin`]: twin documents, patch semantics, versions, metadata, limits.
 //! - [`configuration`]: automatic device configurations and which one writes
 //!   which desired property.
+//! - [`rollout`]: staged firmware rollouts: waves, thresholds, per-device
+//!   results.
 //! - [`sas`]: shared access signature tokens, policies and permissions.
 //! - [`connection_string`]: IoT Hub connection strings.
 //! - [`time`]: timestamps in IoT Hub's text form.
@@ -15,6 +17,7 @@ pub mod error;
 pub mod firmware;
 pub mod identity;
 pub mod message;
+pub mod rollout;
 pub mod sas;
 pub mod time;
 pub mod twin;

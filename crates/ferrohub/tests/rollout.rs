@@ -1,8 +1,10 @@
 //! `ferrohub firmware rollout ...` against a real hub and `ferrohub
 //! simulate`: waves advance only once the started devices reach the success
-//! threshold; a failing fleet halts the rollout after its first wave; the
-//! rollout's state survives a hub restart. Every wait polls under a cap;
-//! there are no fixed sleeps.
+//! threshold; failures halt a rollout, and so does a device going offline
+//! while soaking; retries withdraw and re-offer the update; silent devices
+//! time out; pacing spaces hand-offs; devices tagged later join; rollback
+//! returns devices to their earlier version; the state survives a hub
+//! restart. Every wait polls under a cap; there are no fixed sleeps.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::mqtt::service;
 use common::sim::Simulator;
-use common::{fails, ok_json, TestHub};
+use common::{fails, ok, ok_json, TestHub};
 use rand::RngCore;
 use serde_json::Value;
 
@@ -65,7 +67,7 @@ async fn await_fleet(hub: &TestHub, sim: &Simulator, prefix: &str, devices: usiz
 }
 
 fn rollout_cli(hub: &TestHub, action: &str, id: &str) -> Value {
-    ok_json(&hub.cli(&["firmware", "rollout", action, "--id", id]))
+    ok_json(&hub.cli(&["firmware", "rollout", action, "--rollout-id", id]))
 }
 
 /// Polls `rollout show` until `pred` holds; returns the rollout.
@@ -86,15 +88,25 @@ async fn await_rollout(
     }
 }
 
-fn create(hub: &TestHub, id: &str, sha: &str, waves: &str, success: &str, failure: &str) -> Value {
-    ok_json(&hub.cli(&[
+/// Creates a rollout of `version` to the chillers (soak 0 unless `extra`
+/// says otherwise).
+fn create(
+    hub: &TestHub,
+    id: &str,
+    version: &str,
+    waves: &str,
+    success: &str,
+    failure: &str,
+    extra: &[&str],
+) -> Value {
+    let base = [
         "firmware",
         "rollout",
         "create",
-        "--id",
+        "--rollout-id",
         id,
-        "--sha256",
-        sha,
+        "--version",
+        version,
         "--target-condition",
         "tags.devicetype='chiller'",
         "--waves",
@@ -103,11 +115,21 @@ fn create(hub: &TestHub, id: &str, sha: &str, waves: &str, success: &str, failur
         success,
         "--failure-threshold",
         failure,
-    ]))
+    ];
+    let soak: &[&str] = if extra.contains(&"--soak") { &[] } else { &["--soak", "0s"] };
+    ok_json(&hub.cli(&[&base[..], soak, extra].concat()))
+}
+
+fn members(rollout: &Value) -> &Vec<Value> {
+    rollout["members"].as_array().unwrap()
 }
 
 fn devices(rollout: &Value) -> Vec<String> {
-    rollout["devices"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_owned()).collect()
+    members(rollout).iter().map(|m| m["deviceId"].as_str().unwrap().to_owned()).collect()
+}
+
+fn member<'a>(rollout: &'a Value, device: &str) -> &'a Value {
+    members(rollout).iter().find(|m| m["deviceId"] == device).unwrap()
 }
 
 async fn desired_firmware(hub: &TestHub, device: &str) -> Value {
@@ -123,15 +145,20 @@ async fn waves_advance_on_the_success_threshold_until_the_rollout_succeeds() {
     await_fleet(&hub, &sim, "ok", 10).await;
 
     // Bad inputs are refused with one-line errors.
-    for (waves, success) in [("50,10,100", "90"), ("10,50", "90"), ("10,100", "0")] {
+    for (waves, success, version) in [
+        ("50,10,100", "90", "2.8.5"),
+        ("10,50", "90", "2.8.5"),
+        ("10,100", "0", "2.8.5"),
+        ("100", "90", "9.9"),
+    ] {
         let out = hub.cli(&[
             "firmware",
             "rollout",
             "create",
-            "--id",
+            "--rollout-id",
             "bad",
-            "--sha256",
-            &sha,
+            "--version",
+            version,
             "--target-condition",
             "tags.devicetype='chiller'",
             "--waves",
@@ -142,7 +169,10 @@ async fn waves_advance_on_the_success_threshold_until_the_rollout_succeeds() {
         fails(&out);
     }
 
-    let created = create(&hub, "r285", &sha, "20%,50%,100%", "100%", "50%");
+    let created = create(&hub, "r285", "2.8.5", "20%,50%,100%", "100%", "50%", &[]);
+    // The hub builds the image's address itself.
+    assert!(created["packageUri"].as_str().unwrap().ends_with(&format!("/firmware/{sha}")), "{created}");
+    assert_eq!(created["sha256"], sha.as_str());
     assert_eq!(created["state"], "running");
     assert_eq!(created["currentWave"], 1);
     assert_eq!(created["configurationId"], "rollout-r285");
@@ -151,7 +181,7 @@ async fn waves_advance_on_the_success_threshold_until_the_rollout_succeeds() {
     // Hold it at wave 1: the first two devices update, no one else is
     // handed the image.
     assert_eq!(rollout_cli(&hub, "pause", "r285")["state"], "paused");
-    let paused = await_rollout(&hub, &|| sim.log(), "r285", |r| r["progress"][0]["succeeded"] == 2).await;
+    let paused = await_rollout(&hub, &|| sim.log(), "r285", |r| r["waveProgress"][0]["succeeded"] == 2).await;
     assert_eq!(paused["currentWave"], 1);
     assert_eq!(paused["state"], "paused");
     for device in &order[2..] {
@@ -164,7 +194,7 @@ async fn waves_advance_on_the_success_threshold_until_the_rollout_succeeds() {
     let done = await_rollout(&hub, &|| sim.log(), "r285", |r| r["state"] == "succeeded").await;
     assert_eq!(done["currentWave"], 3);
     let succeeded: Vec<u64> =
-        done["progress"].as_array().unwrap().iter().map(|p| p["succeeded"].as_u64().unwrap()).collect();
+        done["waveProgress"].as_array().unwrap().iter().map(|p| p["succeeded"].as_u64().unwrap()).collect();
     assert_eq!(succeeded, vec![2, 3, 5], "{done}");
     for n in 1..=10 {
         let twin = service(&hub).get_twin(&format!("ok-{n}")).await.unwrap();
@@ -190,12 +220,17 @@ async fn a_failing_fleet_halts_after_the_first_wave() {
     let sim = simulate(&hub, dir.path(), 10, "bad", "1.0");
     await_fleet(&hub, &sim, "bad", 10).await;
 
-    let created = create(&hub, "r300", &sha, "20,50,100", "90", "50");
+    assert_eq!(sha.len(), 64);
+    let created = create(&hub, "r300", "3.0.0", "20,50,100", "90", "50", &[]);
     let order = devices(&created);
     let halted = await_rollout(&hub, &|| sim.log(), "r300", |r| r["state"] == "halted").await;
     assert_eq!(halted["currentWave"], 1, "{halted}");
+    assert!(halted["totals"]["failed"].as_u64().unwrap() >= 1, "{halted}");
+    let failed = members(&halted).iter().find(|m| m["phase"] == "failed").unwrap();
+    let reason = failed["reason"].as_str().unwrap();
+    assert!(reason.starts_with("error") || reason.starts_with("rolledback"), "{halted}");
     assert!(halted["reason"].as_str().unwrap().contains("failed"), "{halted}");
-    assert_eq!(halted["progress"][1]["started"], false, "{halted}");
+    assert_eq!(halted["waveProgress"][1]["started"], false, "{halted}");
     // Later waves were never started.
     for device in &order[2..] {
         assert!(desired_firmware(&hub, device).await.is_null(), "{device} was handed the image");
@@ -215,10 +250,11 @@ async fn rollout_state_survives_a_hub_restart() {
     let sim = simulate(&hub, dir.path(), 4, "keep", "0.0");
     await_fleet(&hub, &sim, "keep", 4).await;
 
-    let created = create(&hub, "r500", &sha, "50,100", "100", "50");
+    assert_eq!(sha.len(), 64);
+    let created = create(&hub, "r500", "5.0.0", "50,100", "100", "50", &[]);
     let order = devices(&created);
     rollout_cli(&hub, "pause", "r500");
-    let before = await_rollout(&hub, &|| sim.log(), "r500", |r| r["progress"][0]["succeeded"] == 2).await;
+    let before = await_rollout(&hub, &|| sim.log(), "r500", |r| r["waveProgress"][0]["succeeded"] == 2).await;
     drop(sim);
 
     hub.restart();
@@ -241,4 +277,138 @@ async fn rollout_state_survives_a_hub_restart() {
     for device in &order[2..] {
         assert_eq!(desired_firmware(&hub, device).await["fwVersion"], "5.0.0", "{device}");
     }
+}
+
+/// Waits until every member of a rollout is `succeeded` or `failed`.
+async fn await_settled(hub: &TestHub, log: &dyn Fn() -> String, id: &str) -> Value {
+    await_rollout(hub, log, id, |r| {
+        members(r).iter().all(|m| m["phase"] == "succeeded" || m["phase"] == "failed")
+    })
+    .await
+}
+
+#[tokio::test]
+async fn going_offline_while_soaking_is_a_failure_that_halts() {
+    let hub = TestHub::start();
+    let dir = tempfile::tempdir().unwrap();
+    upload(&hub, dir.path(), "6.0.0");
+    let extra = ["--devices", "4", "--prefix", "soak", "--tags", r#"{"devicetype":"chiller"}"#];
+    let sim = Simulator::spawn(
+        &hub,
+        dir.path(),
+        "soak",
+        &[&extra[..], &["--failure-rate", "0", "--offline-after-update-rate", "1.0"]].concat(),
+    );
+    await_fleet(&hub, &sim, "soak", 4).await;
+
+    let created = create(&hub, "r600", "6.0.0", "50,100", "100", "50", &["--soak", "30s"]);
+    let order = devices(&created);
+    let halted = await_rollout(&hub, &|| sim.log(), "r600", |r| r["state"] == "halted").await;
+    // The devices reached the version, then dropped off before the soak ended.
+    for device in &order[..2] {
+        let m = member(&halted, device);
+        if m["phase"] == "failed" {
+            assert_eq!(m["reason"], "went offline while soaking", "{halted}");
+        }
+        let twin = service(&hub).get_twin(device).await.unwrap();
+        assert_eq!(twin["properties"]["reported"]["firmware"]["currentFwVersion"], "6.0.0", "{twin}");
+    }
+    assert_eq!(halted["totals"]["succeeded"], 0, "{halted}");
+    assert_eq!(halted["currentWave"], 1, "{halted}");
+}
+
+#[tokio::test]
+async fn failed_attempts_are_retried_until_the_retries_run_out() {
+    let hub = TestHub::start();
+    let dir = tempfile::tempdir().unwrap();
+    upload(&hub, dir.path(), "7.0.0");
+    let sim = simulate(&hub, dir.path(), 8, "retry", "0.5");
+    await_fleet(&hub, &sim, "retry", 8).await;
+
+    let retries = 2u32;
+    create(&hub, "r700", "7.0.0", "100", "100", "100", &["--retries", "2"]);
+    let settled = await_settled(&hub, &|| sim.log(), "r700").await;
+    // The simulator's faults are drawn per attempt from a hash, so each
+    // device's fate is known in advance.
+    let mut retried = 0;
+    for n in 1..=8 {
+        let device = format!("retry-{n}");
+        let failed_first = (1..=retries + 1)
+            .take_while(|attempt| {
+                let kind = if *attempt == 1 { "failure".to_owned() } else { format!("failure-{attempt}") };
+                ferrohub_agent::sim::strikes(0.5, &device, "7.0.0", &kind)
+            })
+            .count() as u32;
+        let m = member(&settled, &device);
+        if failed_first > retries {
+            assert_eq!(m["phase"], "failed", "{device}: {m}");
+            assert_eq!(m["attempts"], retries + 1, "{device}: {m}");
+        } else {
+            assert_eq!(m["phase"], "succeeded", "{device}: {m}");
+            assert_eq!(m["attempts"], failed_first, "{device}: {m}");
+            retried += usize::from(failed_first > 0);
+        }
+    }
+    assert!(retried > 0, "no device needed a retry: {settled}");
+}
+
+#[tokio::test]
+async fn pacing_late_joiners_and_device_timeouts() {
+    let hub = TestHub::start();
+    let dir = tempfile::tempdir().unwrap();
+    upload(&hub, dir.path(), "8.0.0");
+    let sim = simulate(&hub, dir.path(), 4, "pace", "0.0");
+    await_fleet(&hub, &sim, "pace", 4).await;
+
+    // One device per second; a silent device fails after 5 s.
+    let extra = ["--max-per-minute", "60", "--device-timeout", "5s"];
+    let created = create(&hub, "r800", "8.0.0", "100", "100", "100", &extra);
+    assert_eq!(devices(&created).len(), 4);
+    // A device tagged now joins the running rollout's current wave; it has
+    // no agent, so it never reports.
+    ok(&hub.cli(&["device-identity", "create", "-d", "late-1"]));
+    ok(&hub.cli(&["device-twin", "update", "-d", "late-1", "--tags", r#"{"devicetype":"chiller"}"#]));
+
+    let settled = await_settled(&hub, &|| sim.log(), "r800").await;
+    let late = member(&settled, "late-1");
+    assert_eq!(late["wave"], 1, "{settled}");
+    assert_eq!(late["phase"], "failed", "{settled}");
+    assert_eq!(late["reason"], "no result within 5 s", "{settled}");
+    assert_eq!(desired_firmware(&hub, "late-1").await["fwVersion"], "8.0.0");
+    let mut handed: Vec<u64> = members(&settled).iter().map(|m| m["handedAt"].as_u64().unwrap()).collect();
+    handed.sort_unstable();
+    for pair in handed.windows(2) {
+        assert!(pair[1] - pair[0] >= 900, "hand-offs closer than the pace allows: {handed:?}");
+    }
+    assert_eq!(settled["totals"]["succeeded"], 4, "{settled}");
+    // 4 of 5 is below the 100% success threshold: it keeps running.
+    assert_eq!(settled["state"], "running", "{settled}");
+    assert_eq!(rollout_cli(&hub, "cancel", "r800")["state"], "cancelled");
+}
+
+#[tokio::test]
+async fn rollback_returns_devices_to_the_version_they_joined_at() {
+    let hub = TestHub::start();
+    let dir = tempfile::tempdir().unwrap();
+    upload(&hub, dir.path(), "1.0.0"); // the simulator's starting version
+    upload(&hub, dir.path(), "9.0.0");
+    let sim = simulate(&hub, dir.path(), 3, "back", "0.0");
+    await_fleet(&hub, &sim, "back", 3).await;
+
+    create(&hub, "r900", "9.0.0", "100", "100", "50", &[]);
+    let done = await_rollout(&hub, &|| sim.log(), "r900", |r| r["state"] == "succeeded").await;
+    assert!(members(&done).iter().all(|m| m["fromVersion"] == "1.0.0"), "{done}");
+
+    let rolled = rollout_cli(&hub, "rollback", "r900");
+    assert_eq!(rolled["state"], "rolledBack");
+    assert_eq!(rolled["rollback"][0]["version"], "1.0.0", "{rolled}");
+    let back =
+        await_rollout(&hub, &|| sim.log(), "r900", |r| r["rollbackProgress"][0]["returned"] == 3).await;
+    assert_eq!(back["rollbackProgress"][0]["devices"], 3, "{back}");
+    for n in 1..=3 {
+        let twin = service(&hub).get_twin(&format!("back-{n}")).await.unwrap();
+        assert_eq!(twin["properties"]["desired"]["firmware"]["fwVersion"], "1.0.0", "{twin}");
+        assert_eq!(twin["properties"]["reported"]["firmware"]["currentFwVersion"], "1.0.0", "{twin}");
+    }
+    fails(&hub.cli(&["firmware", "rollout", "rollback", "--rollout-id", "r900"]));
 }

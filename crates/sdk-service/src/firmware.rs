@@ -83,12 +83,19 @@ impl ServiceClient {
         self.json(Method::GET, &format!("/firmware-rollouts/{}", encode(id)), &[], None, None::<&()>).await
     }
 
+    /// One rollout, with or without its per-device list.
+    pub async fn get_rollout_with(&self, id: &str, members: bool) -> Result<Value> {
+        let path = format!("/firmware-rollouts/{}", encode(id));
+        let query: &[(&str, &str)] = if members { &[] } else { &[("members", "false")] };
+        self.json(Method::GET, &path, query, None, None::<&()>).await
+    }
+
     /// Every rollout.
     pub async fn list_rollouts(&self) -> Result<Vec<Value>> {
         self.json(Method::GET, "/firmware-rollouts", &[], None, None::<&()>).await
     }
 
-    /// `pause`, `resume` or `cancel` a rollout; returns it.
+    /// `pause`, `resume`, `cancel` or `rollback` a rollout; returns it.
     pub async fn rollout_action(&self, id: &str, action: &str) -> Result<Value> {
         let path = format!("/firmware-rollouts/{}/{}", encode(id), encode(action));
         self.json(Method::POST, &path, &[], None, Some(&serde_json::json!({}))).await

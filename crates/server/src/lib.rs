@@ -98,6 +98,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         registry.clone(),
         engine.clone(),
         firmware.clone(),
+        firmware_base_uri(&host_names[0], https.port),
         std::time::Duration::from_secs(1),
     )
     .await?;
@@ -154,4 +155,14 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     HubInfo::remove(dir);
     tasks.abort_all();
     result
+}
+
+/// Where devices fetch hosted images: the hub's first host name, with the
+/// HTTPS port unless it is 443.
+fn firmware_base_uri(host: &str, port: u16) -> String {
+    if port == 443 {
+        format!("https://{host}")
+    } else {
+        format!("https://{host}:{port}")
+    }
 }

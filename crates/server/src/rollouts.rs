@@ -1,75 +1,66 @@
-//! Staged firmware rollouts (a ferrohub addition): one image handed to a
-//! fleet in cumulative waves, advancing when enough devices of the waves
-//! started so far report `current` at the image's version, halting itself
-//! when too many report `error` or `rolledback`.
+//! Staged firmware rollouts (a ferrohub addition): the service around the
+//! pure rules in `ferrohub_core::rollout`.
 //!
 //! Mechanism (scales to large fleets, unlike a target condition listing
-//! device ids): the devices matching the target condition at creation are
-//! fixed, sorted by id, and cut into waves. A rollout owns ONE configuration,
-//! `rollout-<id>`, whose target condition is
-//! `tags.ferrohubRollouts.[[<id>]] >= 1` and whose content is the image's
-//! desired `firmware`; starting wave `n` sets that tag to `n` on the wave's
-//! devices, so the configuration engine hands them the update. Progress is
-//! counted from the in-memory twin index once a second.
+//! device ids): a rollout owns ONE configuration, `rollout-<id>`, whose
+//! target condition is `tags.ferrohubRollouts.[[<id>]] >= 1` and whose
+//! content is the image's desired `firmware`. Handing a device the update
+//! sets that tag to the device's wave; withdrawing it (for a retry) clears
+//! the tag, and the configuration engine hands the property back. A
+//! rollback creates one more configuration per version to return to
+//! (`rollout-<id>-back-<k>`, one priority higher, targeting
+//! `tags.ferrohubRollbacks.[[<id>]] = <k>`).
 //!
-//! Each rollout is a JSON file `DIR/rollouts/<id>.json`, replaced atomically
-//! before the devices of a new wave are tagged; at start every rollout's
-//! configuration and tags are re-established, so a crash between the two
-//! steps is completed on the next start.
+//! Once a second (the tick) each unfinished rollout observes its members in
+//! the in-memory twin index and the live connections, lets devices that
+//! started matching its target condition join the current wave, and asks
+//! the rules what to do next. Each rollout is a JSON file
+//! `DIR/rollouts/<id>.json`, replaced atomically *before* twins are tagged;
+//! at start every rollout's configurations and tags are re-established
+//! (idempotent), so a crash between the two steps is completed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferrohub_core::firmware::FirmwareImage;
+use ferrohub_core::rollout::{Observation, Pacer, Phase, Policy, Progress, RolloutState, Tally};
 use ferrohub_core::{ErrorCode, HubError, HubResult};
+use ferrohub_query::Expr;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
 
 use crate::configurations::Engine;
 use crate::firmware::{check_sha256, FirmwareStore};
 use crate::registry::{IfMatch, Registry};
 
-/// Where a rollout stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A group of devices returned to one earlier version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub enum RolloutState {
-    /// Waves advance.
-    Running,
-    /// Held by an operator; no new wave starts.
-    Paused,
-    /// The failure threshold was reached; no new wave starts.
-    Halted,
-    /// Every wave reached the success threshold.
-    Succeeded,
-    /// Stopped by an operator.
-    Cancelled,
-}
-
-impl RolloutState {
-    fn is_final(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Cancelled)
-    }
-}
-
-/// Progress of one wave (computed, not stored).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WaveProgress {
-    /// Devices in this wave.
+pub struct RollbackGroup {
+    /// The version they reported when they joined.
+    pub version: String,
+    /// Its image, when the hub has one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sha256: String,
+    /// The configuration that offers it (empty without an image).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub configuration_id: String,
+    /// How many devices.
     pub devices: u64,
-    /// Whether the wave was started.
-    pub started: bool,
-    /// Devices at `current` on the target version.
-    pub succeeded: u64,
-    /// Devices at `error` or `rolledback`.
-    pub failed: u64,
+}
+
+/// In-memory helpers of a loaded rollout (not stored).
+#[derive(Clone, Default)]
+struct Cache {
+    pacer: Option<Pacer>,
+    condition: Option<Arc<Expr>>,
 }
 
 /// A stored rollout.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Rollout {
     /// The rollout id.
@@ -78,56 +69,27 @@ pub struct Rollout {
     pub sha256: String,
     /// The image's version.
     pub version: String,
-    /// Which devices it was created for.
+    /// Which devices.
     pub target_condition: String,
     /// Priority of its configuration.
     pub priority: i64,
-    /// Cumulative shares of the devices, in percent, ascending, the last 100.
-    pub waves: Vec<u32>,
-    /// Percent of the started devices that must succeed before the next wave.
-    pub success_threshold: u32,
-    /// Percent of the started devices whose failure halts the rollout.
-    pub failure_threshold: u32,
-    /// Where devices fetch the image.
+    /// Where devices fetch the image (fixed at creation).
     pub package_uri: String,
-    /// The devices, sorted by id, fixed at creation.
-    pub devices: Vec<String>,
-    /// The last wave started (1-based).
-    pub current_wave: usize,
-    /// Where it stands.
-    pub state: RolloutState,
-    /// Why it halted, when it did.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub reason: String,
+    /// When it was created (ISO 8601).
+    pub created_time: String,
     /// Its configuration's id.
     pub configuration_id: String,
-    /// Progress per wave (filled in when shown).
-    #[serde(default)]
-    pub progress: Vec<WaveProgress>,
-}
-
-impl Rollout {
-    /// Cumulative device counts per wave, each wave at least one device
-    /// more than the last while devices remain.
-    pub fn wave_ends(&self) -> Vec<usize> {
-        let n = self.devices.len();
-        let mut ends = Vec::with_capacity(self.waves.len());
-        let mut last = 0;
-        for pct in &self.waves {
-            let mut end = (n * *pct as usize).div_ceil(100).min(n);
-            if end <= last && last < n {
-                end = last + 1;
-            }
-            ends.push(end);
-            last = end;
-        }
-        ends
-    }
-
-    /// The wave (1-based) a device index belongs to.
-    fn wave_of(ends: &[usize], index: usize) -> usize {
-        ends.iter().position(|end| index < *end).map_or(ends.len(), |p| p + 1)
-    }
+    /// Waves, thresholds, pacing, timeouts, soak.
+    #[serde(flatten)]
+    pub policy: Policy,
+    /// State, current wave and members.
+    #[serde(flatten)]
+    pub progress: Progress,
+    /// Set by a rollback.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollback: Vec<RollbackGroup>,
+    #[serde(skip)]
+    cache: Cache,
 }
 
 /// What `POST /firmware-rollouts` takes.
@@ -136,12 +98,20 @@ impl Rollout {
 pub struct RolloutRequest {
     /// The rollout id.
     pub id: String,
-    /// The image's SHA-256.
-    pub sha256: String,
+    /// The image by version (with `deviceType` when several images share it).
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Narrows `version` to one device type's image.
+    #[serde(default)]
+    pub device_type: Option<String>,
+    /// The image by SHA-256.
+    #[serde(default)]
+    pub sha256: Option<String>,
     /// Which devices.
     pub target_condition: String,
-    /// Where devices fetch the image (the client knows the hub's address).
-    pub package_uri: String,
+    /// Where devices fetch the image [default: the hub's own address].
+    #[serde(default)]
+    pub package_uri: Option<String>,
     /// Cumulative percentages [default 10,50,100].
     #[serde(default)]
     pub waves: Option<Vec<u32>>,
@@ -154,6 +124,18 @@ pub struct RolloutRequest {
     /// [default 20].
     #[serde(default)]
     pub priority: Option<i64>,
+    /// [default: no limit].
+    #[serde(default)]
+    pub max_per_minute: Option<u32>,
+    /// [default 1800].
+    #[serde(default)]
+    pub device_timeout_seconds: Option<u64>,
+    /// [default 0].
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// [default 60].
+    #[serde(default)]
+    pub soak_seconds: Option<u64>,
 }
 
 /// Checks a rollout id: 1–64 of `a-z 0-9 - _`.
@@ -168,16 +150,6 @@ pub fn check_id(id: &str) -> HubResult<()> {
     }
 }
 
-fn check_waves(waves: &[u32]) -> HubResult<()> {
-    let ascending = waves.windows(2).all(|w| w[0] < w[1]);
-    if waves.is_empty() || !ascending || waves[0] == 0 || waves.last() != Some(&100) {
-        return Err(HubError::invalid(
-            "Waves are ascending cumulative percentages from 1 to 100, the last one 100",
-        ));
-    }
-    Ok(())
-}
-
 fn not_found(id: &str) -> HubError {
     HubError::new(ErrorCode::IotHubNotFound, format!("Rollout {id} not found"))
 }
@@ -186,9 +158,10 @@ fn internal(e: impl std::fmt::Display) -> HubError {
     HubError::internal(e.to_string())
 }
 
-/// `n` percent of `of`, rounded up.
-fn share(pct: u32, of: usize) -> u64 {
-    (of as u64 * u64::from(pct)).div_ceil(100)
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The tutorial's metric queries for a rollout's configuration.
@@ -206,24 +179,47 @@ fn metric_queries(config_id: &str, version: &str) -> Value {
     })
 }
 
-/// The hub's rollouts and the task that advances them.
+/// What the index and the live connections say about one device.
+fn observe(doc: &Value, config_id: &str, connected: bool) -> Observation {
+    let reported = &doc["properties"]["reported"];
+    let fw = &reported["firmware"];
+    let text = |v: &Value| v.as_str().map(str::to_owned);
+    Observation {
+        connected,
+        reported_version: reported["$version"].as_i64().unwrap_or(0),
+        status: text(&fw["fwUpdateStatus"]),
+        substatus: text(&fw["fwUpdateSubstatus"]),
+        current_version: text(&fw["currentFwVersion"]),
+        applied: doc["configurations"][config_id]["status"] == "Applied",
+    }
+}
+
+fn current_version(doc: &Value) -> Option<String> {
+    doc["properties"]["reported"]["firmware"]["currentFwVersion"].as_str().map(str::to_owned)
+}
+
+/// The hub's rollouts and the task that moves them.
 pub struct Rollouts {
     dir: PathBuf,
     registry: Registry,
     engine: Arc<Engine>,
     firmware: Arc<FirmwareStore>,
+    /// `https://<host>[:<port>]`, where devices reach the hub.
+    base_uri: String,
     rollouts: Mutex<BTreeMap<String, Rollout>>,
+    /// Bumped whenever a rollout changes (for live watchers).
+    changes: watch::Sender<u64>,
 }
 
 impl Rollouts {
-    /// Loads `DIR/rollouts/*.json`, re-establishes each unfinished rollout's
-    /// configuration and wave tags, and starts the task that advances them
-    /// every `tick`.
+    /// Loads `DIR/rollouts/*.json`, re-establishes each rollout's
+    /// configurations and tags, and starts the tick.
     pub async fn start(
         data_dir: &Path,
         registry: Registry,
         engine: Arc<Engine>,
         firmware: Arc<FirmwareStore>,
+        base_uri: String,
         tick: Duration,
     ) -> anyhow::Result<Arc<Self>> {
         let dir = data_dir.join("rollouts");
@@ -236,10 +232,18 @@ impl Rollouts {
                 rollouts.insert(rollout.id.clone(), rollout);
             }
         }
-        let this = Arc::new(Self { dir, registry, engine, firmware, rollouts: Mutex::new(rollouts) });
+        let this = Arc::new(Self {
+            dir,
+            registry,
+            engine,
+            firmware,
+            base_uri,
+            rollouts: Mutex::new(rollouts),
+            changes: watch::Sender::new(0),
+        });
         {
             let map = this.rollouts.lock().await;
-            for rollout in map.values().filter(|r| !r.state.is_final()) {
+            for rollout in map.values().filter(|r| r.progress.state != RolloutState::Succeeded) {
                 // A rollout that cannot be re-established must not keep the
                 // hub from starting; it is retried on the next start.
                 if let Err(e) = this.establish(rollout).await {
@@ -253,32 +257,54 @@ impl Rollouts {
             loop {
                 timer.tick().await;
                 let Some(this) = weak.upgrade() else { return };
-                this.advance_all().await;
+                this.tick_all().await;
             }
         });
         Ok(this)
     }
 
-    fn save(&self, rollout: &Rollout) -> HubResult<()> {
-        let mut stored = rollout.clone();
-        stored.progress.clear();
-        let bytes = serde_json::to_vec_pretty(&stored).map_err(internal)?;
-        crate::fsutil::write_public(&self.dir.join(format!("{}.json", rollout.id)), &bytes).map_err(internal)
+    /// A receiver that sees a new value whenever any rollout changed.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
-    /// Makes sure the configuration exists and every device of the started
-    /// waves carries its wave tag (both idempotent).
+    fn save(&self, rollout: &Rollout) -> HubResult<()> {
+        let bytes = serde_json::to_vec(rollout).map_err(internal)?;
+        crate::fsutil::write_public(&self.dir.join(format!("{}.json", rollout.id)), &bytes)
+            .map_err(internal)?;
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(())
+    }
+
+    /// Makes sure the configurations exist and every member carries the tag
+    /// its phase calls for (all idempotent).
     async fn establish(&self, rollout: &Rollout) -> HubResult<()> {
         if self.engine.get(&rollout.configuration_id).is_err() {
-            let image = self
-                .firmware
-                .get(&rollout.sha256)?
-                .ok_or_else(|| crate::firmware::not_found(&rollout.sha256))?;
+            let image = self.image(&rollout.sha256)?;
             self.create_configuration(rollout, &image).await?;
         }
-        let ends = rollout.wave_ends();
-        let through = ends.get(rollout.current_wave.saturating_sub(1)).copied().unwrap_or(0);
-        self.tag(rollout, &ends, 0, through).await
+        for m in &rollout.progress.members {
+            match m.phase {
+                Phase::Waiting => {}
+                Phase::Retrying => self.tag(rollout, &m.device_id, None).await?,
+                _ => self.tag(rollout, &m.device_id, Some(m.wave)).await?,
+            }
+        }
+        if rollout.progress.state == RolloutState::RolledBack {
+            self.establish_rollback(rollout).await?;
+        }
+        Ok(())
+    }
+
+    fn image(&self, sha256: &str) -> HubResult<FirmwareImage> {
+        self.firmware.get(sha256)?.ok_or_else(|| crate::firmware::not_found(sha256))
+    }
+
+    async fn put_configuration(&self, id: &str, config: &Value) -> HubResult<()> {
+        match self.engine.put(id, config, &IfMatch::Absent).await {
+            Err(e) if e.code != ErrorCode::ConfigurationAlreadyExists => Err(e),
+            _ => Ok(()),
+        }
     }
 
     async fn create_configuration(&self, rollout: &Rollout, image: &FirmwareImage) -> HubResult<()> {
@@ -290,52 +316,77 @@ impl Rollouts {
             "labels": {"ferrohubRollout": rollout.id},
             "metrics": {"queries": metric_queries(&rollout.configuration_id, &rollout.version)},
         });
-        match self.engine.put(&rollout.configuration_id, &config, &IfMatch::Absent).await {
-            Err(e) if e.code != ErrorCode::ConfigurationAlreadyExists => Err(e),
+        self.put_configuration(&rollout.configuration_id, &config).await
+    }
+
+    /// Sets (`Some(wave)`) or clears a device's rollout tag.
+    async fn tag(&self, rollout: &Rollout, device_id: &str, wave: Option<usize>) -> HubResult<()> {
+        let patch = json!({"tags": {"ferrohubRollouts": {rollout.id.clone(): wave}}});
+        self.patch_tags(device_id, &patch).await
+    }
+
+    async fn patch_tags(&self, device_id: &str, patch: &Value) -> HubResult<()> {
+        match self.registry.patch_twin(device_id, patch, &IfMatch::Any).await {
+            Err(e) if e.code != ErrorCode::DeviceNotFound => Err(e),
             _ => Ok(()),
         }
     }
 
-    /// Sets the wave tag on devices `from..to` (sorted order).
-    async fn tag(&self, rollout: &Rollout, ends: &[usize], from: usize, to: usize) -> HubResult<()> {
-        for (index, device_id) in rollout.devices.iter().enumerate().take(to).skip(from) {
-            let wave = Rollout::wave_of(ends, index);
-            let patch = json!({"tags": {"ferrohubRollouts": {rollout.id.clone(): wave}}});
-            match self.registry.patch_twin(device_id, &patch, &IfMatch::Any).await {
-                Err(e) if e.code != ErrorCode::DeviceNotFound => return Err(e),
-                _ => {}
-            }
+    /// The image a request names, by SHA-256 or by version (and type).
+    fn select_image(&self, req: &RolloutRequest) -> HubResult<FirmwareImage> {
+        if let Some(sha) = &req.sha256 {
+            check_sha256(sha)?;
+            return self.image(sha);
         }
-        Ok(())
+        let Some(version) = &req.version else {
+            return Err(HubError::invalid("Name the image by version or sha256"));
+        };
+        let found: Vec<FirmwareImage> = self
+            .firmware
+            .list()?
+            .into_iter()
+            .filter(|i| &i.manifest.version == version)
+            .filter(|i| req.device_type.as_ref().is_none_or(|t| &i.manifest.device_type == t))
+            .collect();
+        match found.len() {
+            0 => Err(HubError::new(
+                ErrorCode::IotHubNotFound,
+                format!("No firmware image has version {version}"),
+            )),
+            1 => Ok(found.into_iter().next().unwrap_or_else(|| unreachable!())),
+            n => Err(HubError::invalid(format!(
+                "{n} firmware images have version {version}; name the device type or the sha256"
+            ))),
+        }
     }
 
     /// `POST /firmware-rollouts`.
-    pub async fn create(&self, body: &Value) -> HubResult<Rollout> {
+    pub async fn create(&self, body: &Value) -> HubResult<Value> {
         let req: RolloutRequest = serde_json::from_value(body.clone())
             .map_err(|e| HubError::format(format!("Invalid rollout: {e}")))?;
         check_id(&req.id)?;
-        check_sha256(&req.sha256)?;
-        let waves = req.waves.unwrap_or_else(|| vec![10, 50, 100]);
-        check_waves(&waves)?;
-        let success_threshold = req.success_threshold.unwrap_or(90);
-        let failure_threshold = req.failure_threshold.unwrap_or(10);
-        if !(1..=100).contains(&success_threshold) || !(1..=100).contains(&failure_threshold) {
-            return Err(HubError::invalid("Thresholds are percentages from 1 to 100"));
+        let policy = Policy {
+            waves: req.waves.clone().unwrap_or_else(|| vec![10, 50, 100]),
+            success_threshold: req.success_threshold.unwrap_or(90),
+            failure_threshold: req.failure_threshold.unwrap_or(10),
+            max_per_minute: req.max_per_minute.unwrap_or(0),
+            device_timeout_seconds: req.device_timeout_seconds.unwrap_or(1800),
+            retries: req.retries.unwrap_or(0),
+            soak_seconds: req.soak_seconds.unwrap_or(60),
+        };
+        policy.validate()?;
+        let image = self.select_image(&req)?;
+        let sha256 = image.manifest.sha256.clone();
+        let package_uri =
+            req.package_uri.clone().unwrap_or_else(|| format!("{}/firmware/{sha256}", self.base_uri));
+        if !package_uri.starts_with("https://") || !package_uri.ends_with(&format!("/firmware/{sha256}")) {
+            return Err(HubError::invalid("packageUri must be an https URI ending in /firmware/<sha256>"));
         }
-        if !req.package_uri.starts_with("https://")
-            || !req.package_uri.ends_with(&format!("/firmware/{}", req.sha256))
-        {
-            return Err(HubError::invalid("packageUri must be the hub's https URI of the image"));
-        }
-        let image = self.firmware.get(&req.sha256)?.ok_or_else(|| crate::firmware::not_found(&req.sha256))?;
-        let condition = ferrohub_query::parse_condition(&req.target_condition)
-            .map_err(|e| HubError::invalid(format!("target condition: {}", e.message)))?;
-        let mut devices: Vec<String> = self.registry.index().with_all(|docs| {
-            docs.filter(|d| ferrohub_query::matches(&condition, d))
-                .filter_map(|d| d["deviceId"].as_str().map(str::to_owned))
-                .collect()
-        });
-        devices.sort();
+        let condition = Arc::new(
+            ferrohub_query::parse_condition(&req.target_condition)
+                .map_err(|e| HubError::invalid(format!("target condition: {}", e.message)))?,
+        );
+        let devices = self.matching(&condition, |_| true);
         if devices.is_empty() {
             return Err(HubError::invalid("The target condition matches no device"));
         }
@@ -353,136 +404,210 @@ impl Rollouts {
                 format!("Configuration {configuration_id} already exists"),
             ));
         }
-        let rollout = Rollout {
+        let progress = Progress::new(&policy, devices);
+        let mut rollout = Rollout {
             id: req.id.clone(),
-            sha256: req.sha256,
+            sha256,
             version: image.manifest.version.clone(),
             target_condition: req.target_condition,
             priority: req.priority.unwrap_or(20),
-            waves,
-            success_threshold,
-            failure_threshold,
-            package_uri: req.package_uri,
-            devices,
-            current_wave: 1,
-            state: RolloutState::Running,
-            reason: String::new(),
+            package_uri,
+            created_time: crate::clock::now().to_iso(),
             configuration_id,
-            progress: Vec::new(),
+            policy,
+            progress,
+            rollback: Vec::new(),
+            cache: Cache { pacer: None, condition: Some(condition) },
         };
         self.save(&rollout)?;
         self.create_configuration(&rollout, &image).await?;
-        let ends = rollout.wave_ends();
-        self.tag(&rollout, &ends, 0, ends[0]).await?;
-        tracing::info!(id = rollout.id, devices = rollout.devices.len(), "rollout created");
+        tracing::info!(id = rollout.id, devices = rollout.progress.members.len(), "rollout created");
+        // The first wave starts now rather than at the next tick.
+        self.step(&mut rollout).await?;
         map.insert(rollout.id.clone(), rollout.clone());
         drop(map);
-        Ok(self.present(rollout))
+        Ok(self.present(&rollout, true))
     }
 
-    /// Counts each wave's successes and failures from the twin index.
-    fn progress(&self, rollout: &Rollout) -> Vec<WaveProgress> {
-        let ends = rollout.wave_ends();
-        let mut progress: Vec<WaveProgress> = ends
-            .iter()
-            .enumerate()
-            .map(|(i, end)| WaveProgress {
-                devices: (end - if i == 0 { 0 } else { ends[i - 1] }) as u64,
-                started: i < rollout.current_wave,
-                ..WaveProgress::default()
+    /// `(device id, currentFwVersion)` of the twins matching a condition
+    /// that `keep` accepts.
+    fn matching(&self, condition: &Expr, keep: impl Fn(&str) -> bool) -> Vec<(String, Option<String>)> {
+        let (docs, covered) = self.registry.index().candidates(Some(condition));
+        docs.iter()
+            .filter(|d| covered || ferrohub_query::matches(condition, d))
+            .filter_map(|d| {
+                d["deviceId"].as_str().filter(|id| keep(id)).map(|id| (id.to_owned(), current_version(d)))
             })
-            .collect();
-        self.registry.index().with_all(|docs| {
-            for doc in docs {
-                let Some(wave) = doc["tags"]["ferrohubRollouts"][&rollout.id].as_u64() else { continue };
-                let Some(p) = (wave as usize).checked_sub(1).and_then(|w| progress.get_mut(w)) else {
-                    continue;
-                };
-                let fw = &doc["properties"]["reported"]["firmware"];
-                match fw["fwUpdateStatus"].as_str() {
-                    Some("current") if fw["currentFwVersion"] == rollout.version.as_str() => p.succeeded += 1,
-                    Some("error" | "rolledback") => p.failed += 1,
-                    _ => {}
-                }
-            }
-        });
-        progress
+            .collect()
     }
 
-    fn present(&self, mut rollout: Rollout) -> Rollout {
-        rollout.progress = self.progress(&rollout);
-        rollout
-    }
-
-    /// One step of every running rollout: halt on failures, else advance on
-    /// successes.
-    async fn advance_all(&self) {
+    async fn tick_all(&self) {
         let mut map = self.rollouts.lock().await;
-        for rollout in map.values_mut().filter(|r| r.state == RolloutState::Running) {
-            if let Err(e) = self.advance(rollout).await {
+        for rollout in map.values_mut().filter(|r| r.progress.state.observes()) {
+            if let Err(e) = self.step(rollout).await {
                 tracing::warn!(id = rollout.id, %e, "rollout step failed");
             }
         }
     }
 
-    async fn advance(&self, rollout: &mut Rollout) -> HubResult<()> {
-        let progress = self.progress(rollout);
-        let ends = rollout.wave_ends();
-        let started = ends[rollout.current_wave - 1];
-        let succeeded: u64 = progress.iter().map(|p| p.succeeded).sum();
-        let failed: u64 = progress.iter().map(|p| p.failed).sum();
-        let mut next = rollout.clone();
-        if failed > 0 && failed >= share(rollout.failure_threshold, started) {
-            next.state = RolloutState::Halted;
-            next.reason = format!(
-                "{failed} of {started} started devices failed (threshold {}%)",
-                rollout.failure_threshold
-            );
-        } else if succeeded >= share(rollout.success_threshold, started) {
-            if rollout.current_wave == ends.len() {
-                next.state = RolloutState::Succeeded;
-            } else {
-                next.current_wave += 1;
+    /// One step: observe members, take in late joiners, decide, save, then
+    /// tag and untag twins.
+    async fn step(&self, rollout: &mut Rollout) -> HubResult<()> {
+        let now = now_ms();
+        let index = self.registry.index();
+        let presence = self.registry.presence();
+        let mut seen: HashMap<String, Observation> = HashMap::new();
+        let mut changed = false;
+        let mut withdraw = Vec::new();
+        for i in 0..rollout.progress.members.len() {
+            let id = rollout.progress.members[i].device_id.clone();
+            let doc = index.get(&id);
+            let o = doc.map(|d| observe(&d, &rollout.configuration_id, presence.is_connected(&id)));
+            let (c, w) = rollout.progress.observe(i, o.as_ref(), &rollout.version, &rollout.policy, now);
+            changed |= c;
+            if w {
+                withdraw.push(id.clone());
             }
-        } else {
-            return Ok(());
+            if let Some(o) = o {
+                seen.insert(id, o);
+            }
         }
-        self.save(&next)?;
-        tracing::info!(id = next.id, wave = next.current_wave, state = ?next.state, "rollout advanced");
-        if next.current_wave > rollout.current_wave {
-            self.tag(&next, &ends, started, ends[next.current_wave - 1]).await?;
+        if matches!(rollout.progress.state, RolloutState::Running | RolloutState::Paused) {
+            let condition = match &rollout.cache.condition {
+                Some(c) => c.clone(),
+                None => {
+                    let c = Arc::new(
+                        ferrohub_query::parse_condition(&rollout.target_condition)
+                            .map_err(|e| HubError::invalid(e.message))?,
+                    );
+                    rollout.cache.condition = Some(c.clone());
+                    c
+                }
+            };
+            let members: std::collections::HashSet<&str> =
+                rollout.progress.members.iter().map(|m| m.device_id.as_str()).collect();
+            let joiners = self.matching(&condition, |id| !members.contains(id));
+            drop(members);
+            for (id, version) in joiners {
+                tracing::info!(rollout = rollout.id, device = id, "device joined the rollout");
+                if let Some(d) = index.get(&id) {
+                    seen.insert(
+                        id.clone(),
+                        observe(&d, &rollout.configuration_id, presence.is_connected(&id)),
+                    );
+                }
+                rollout.progress.join(id, version);
+                changed = true;
+            }
         }
-        *rollout = next;
+        let policy = rollout.policy.clone();
+        let pacer = rollout.cache.pacer.get_or_insert_with(|| Pacer::new(policy.max_per_minute));
+        let step = rollout.progress.decide(&policy, pacer, now, &|id| seen.get(id).cloned());
+        if changed || step.changed {
+            let before = rollout.progress.state;
+            self.save(rollout)?;
+            if before != rollout.progress.state || step.changed {
+                tracing::info!(id = rollout.id, wave = rollout.progress.current_wave, state = ?rollout.progress.state, "rollout stepped");
+            }
+        }
+        for id in withdraw {
+            self.tag(rollout, &id, None).await?;
+        }
+        for (id, wave) in step.hand {
+            self.tag(rollout, &id, Some(wave)).await?;
+        }
         Ok(())
     }
 
+    /// A rollout as the API shows it: its stored form plus counts per wave
+    /// and in total; members only when asked for.
+    fn present(&self, rollout: &Rollout, with_members: bool) -> Value {
+        let (per_wave, total) = rollout.progress.tally(rollout.policy.waves.len());
+        let mut v = serde_json::to_value(rollout).unwrap_or_default();
+        let waves: Vec<Value> = per_wave
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let mut w = serde_json::to_value(t).unwrap_or_default();
+                w["wave"] = json!(i + 1);
+                w["percent"] = json!(rollout.policy.waves[i]);
+                w["started"] = json!(i < rollout.progress.current_wave);
+                w
+            })
+            .collect();
+        v["waveProgress"] = Value::Array(waves);
+        v["totals"] = serde_json::to_value::<&Tally>(&total).unwrap_or_default();
+        if !rollout.rollback.is_empty() {
+            v["rollbackProgress"] = self.rollback_progress(rollout);
+        }
+        if let Some(obj) = v.as_object_mut() {
+            if !with_members {
+                obj.remove("members");
+            }
+        }
+        v
+    }
+
+    /// Devices of each rollback group back at their version.
+    fn rollback_progress(&self, rollout: &Rollout) -> Value {
+        let index = self.registry.index();
+        let mut done: BTreeMap<&str, u64> = BTreeMap::new();
+        for m in &rollout.progress.members {
+            let (Some(from), Some(doc)) = (&m.from_version, index.get(&m.device_id)) else { continue };
+            let fw = &doc["properties"]["reported"]["firmware"];
+            if m.phase != Phase::Waiting
+                && fw["fwUpdateStatus"] == "current"
+                && fw["currentFwVersion"] == from.as_str()
+            {
+                *done.entry(from.as_str()).or_default() += 1;
+            }
+        }
+        rollout
+            .rollback
+            .iter()
+            .map(|g| json!({"version": g.version, "devices": g.devices, "returned": done.get(g.version.as_str()).copied().unwrap_or(0)}))
+            .collect()
+    }
+
     /// `GET /firmware-rollouts/{id}`.
-    pub async fn get(&self, id: &str) -> HubResult<Rollout> {
-        let rollout = self.rollouts.lock().await.get(id).cloned().ok_or_else(|| not_found(id))?;
-        Ok(self.present(rollout))
+    pub async fn get(&self, id: &str, with_members: bool) -> HubResult<Value> {
+        let map = self.rollouts.lock().await;
+        let rollout = map.get(id).ok_or_else(|| not_found(id))?;
+        Ok(self.present(rollout, with_members))
+    }
+
+    /// Whether a rollout is finished (for watchers), `None` if unknown.
+    pub async fn state(&self, id: &str) -> Option<RolloutState> {
+        self.rollouts.lock().await.get(id).map(|r| r.progress.state)
     }
 
     /// `GET /firmware-rollouts`.
-    pub async fn list(&self) -> Vec<Rollout> {
-        let all: Vec<Rollout> = self.rollouts.lock().await.values().cloned().collect();
-        all.into_iter().map(|r| self.present(r)).collect()
+    pub async fn list(&self) -> Vec<Value> {
+        let map = self.rollouts.lock().await;
+        map.values().map(|r| self.present(r, false)).collect()
     }
 
-    /// Whether any rollout uses an image.
+    /// The rollout using an image, if any (including rollback images).
     pub async fn references(&self, sha256: &str) -> Option<String> {
-        self.rollouts.lock().await.values().find(|r| r.sha256 == sha256).map(|r| r.id.clone())
+        let map = self.rollouts.lock().await;
+        map.values()
+            .find(|r| r.sha256 == sha256 || r.rollback.iter().any(|g| g.sha256 == sha256))
+            .map(|r| r.id.clone())
     }
 
-    /// `POST /firmware-rollouts/{id}/{action}`: pause, resume or cancel.
-    pub async fn act(&self, id: &str, action: &str) -> HubResult<Rollout> {
+    /// `POST /firmware-rollouts/{id}/{action}`: pause, resume, cancel or
+    /// rollback.
+    pub async fn act(&self, id: &str, action: &str) -> HubResult<Value> {
         use RolloutState::*;
         let mut map = self.rollouts.lock().await;
         let rollout = map.get_mut(id).ok_or_else(|| not_found(id))?;
-        let to = match (action, rollout.state) {
+        let state = rollout.progress.state;
+        let to = match (action, state) {
             ("pause", Running | Paused) => Paused,
             ("resume", Running | Paused) => Running,
             ("cancel", Running | Paused | Halted | Cancelled) => Cancelled,
-            ("pause" | "resume" | "cancel", state) => {
+            ("rollback", Running | Paused | Halted | Cancelled | Succeeded) => RolledBack,
+            ("pause" | "resume" | "cancel" | "rollback", state) => {
                 return Err(HubError::new(
                     ErrorCode::InvalidOperation,
                     format!("Cannot {action} a rollout that is {state:?}").to_lowercase(),
@@ -490,66 +615,81 @@ impl Rollouts {
             }
             _ => return Err(HubError::new(ErrorCode::IotHubNotFound, format!("Unknown action {action}"))),
         };
-        if rollout.state != to {
+        if state != to {
             let mut next = rollout.clone();
-            next.state = to;
+            next.progress.state = to;
+            next.progress.reason = format!("{action} by an operator");
+            if to == RolledBack {
+                next.rollback = self.plan_rollback(&next)?;
+            }
             self.save(&next)?;
+            if to == RolledBack {
+                self.establish_rollback(&next).await?;
+            }
             *rollout = next;
             tracing::info!(id, state = ?to, "rollout state changed");
         }
-        let rollout = rollout.clone();
-        drop(map);
-        Ok(self.present(rollout))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    fn rollout(n: usize, waves: &[u32]) -> Rollout {
-        Rollout {
-            id: "r".into(),
-            sha256: String::new(),
-            version: "1".into(),
-            target_condition: String::new(),
-            priority: 0,
-            waves: waves.to_vec(),
-            success_threshold: 90,
-            failure_threshold: 10,
-            package_uri: String::new(),
-            devices: (0..n).map(|i| format!("d{i:03}")).collect(),
-            current_wave: 1,
-            state: RolloutState::Running,
-            reason: String::new(),
-            configuration_id: String::new(),
-            progress: Vec::new(),
-        }
+        Ok(self.present(rollout, false))
     }
 
-    #[test]
-    fn waves_are_cumulative_and_never_empty() {
-        assert_eq!(rollout(10, &[20, 50, 100]).wave_ends(), vec![2, 5, 10]);
-        assert_eq!(rollout(3, &[1, 10, 50, 100]).wave_ends(), vec![1, 2, 3, 3]);
-        assert_eq!(rollout(100, &[1, 10, 50, 100]).wave_ends(), vec![1, 10, 50, 100]);
-        let ends = rollout(10, &[20, 50, 100]).wave_ends();
-        assert_eq!(Rollout::wave_of(&ends, 0), 1);
-        assert_eq!(Rollout::wave_of(&ends, 2), 2);
-        assert_eq!(Rollout::wave_of(&ends, 9), 3);
+    /// Groups the devices handed the update by the version they joined at,
+    /// each with the image of that version (same device type preferred).
+    fn plan_rollback(&self, rollout: &Rollout) -> HubResult<Vec<RollbackGroup>> {
+        let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+        for m in &rollout.progress.members {
+            if let (true, Some(v)) = (m.phase != Phase::Waiting, m.from_version.as_deref()) {
+                if v != rollout.version {
+                    *counts.entry(v).or_default() += 1;
+                }
+            }
+        }
+        let images = self.firmware.list()?;
+        let device_type = images
+            .iter()
+            .find(|i| i.manifest.sha256 == rollout.sha256)
+            .map(|i| i.manifest.device_type.clone());
+        Ok(counts
+            .into_iter()
+            .enumerate()
+            .map(|(k, (version, devices))| {
+                let mut same: Vec<&FirmwareImage> =
+                    images.iter().filter(|i| i.manifest.version == version).collect();
+                same.sort_by_key(|i| Some(&i.manifest.device_type) != device_type.as_ref());
+                let sha256 = same.first().map(|i| i.manifest.sha256.clone()).unwrap_or_default();
+                let configuration_id = if sha256.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}-back-{}", rollout.configuration_id, k + 1)
+                };
+                RollbackGroup { version: version.to_owned(), sha256, configuration_id, devices }
+            })
+            .collect())
     }
 
-    #[test]
-    fn inputs_are_checked() {
-        assert!(check_waves(&[10, 50, 100]).is_ok());
-        for bad in [&[][..], &[50, 10, 100], &[10, 50], &[0, 100], &[10, 10, 100]] {
-            assert!(check_waves(bad).is_err(), "{bad:?}");
+    /// Creates each rollback configuration and tags its devices.
+    async fn establish_rollback(&self, rollout: &Rollout) -> HubResult<()> {
+        for (k, group) in rollout.rollback.iter().enumerate() {
+            if group.configuration_id.is_empty() {
+                continue;
+            }
+            let image = self.image(&group.sha256)?;
+            let uri = format!("{}/firmware/{}", self.base_uri, group.sha256);
+            let config = json!({
+                "id": group.configuration_id,
+                "content": {"deviceContent": {"properties.desired.firmware": image.desired_property(&uri)}},
+                "targetCondition": format!("tags.ferrohubRollbacks.[[{}]] = {}", rollout.id, k + 1),
+                "priority": rollout.priority.saturating_add(1),
+                "labels": {"ferrohubRollout": rollout.id},
+                "metrics": {"queries": metric_queries(&group.configuration_id, &group.version)},
+            });
+            self.put_configuration(&group.configuration_id, &config).await?;
+            for m in &rollout.progress.members {
+                if m.phase != Phase::Waiting && m.from_version.as_deref() == Some(group.version.as_str()) {
+                    let patch = json!({"tags": {"ferrohubRollbacks": {rollout.id.clone(): k + 1}}});
+                    self.patch_tags(&m.device_id, &patch).await?;
+                }
+            }
         }
-        assert!(check_id("fw-285_a").is_ok());
-        for bad in ["", "A", "a b", "a.b", &"a".repeat(65)] {
-            assert!(check_id(bad).is_err(), "{bad}");
-        }
-        assert_eq!(share(90, 10), 9);
-        assert_eq!(share(10, 3), 1);
+        Ok(())
     }
 }

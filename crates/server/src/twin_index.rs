@@ -232,6 +232,11 @@ impl TwinIndex {
         f(&mut it)
     }
 
+    /// One device's document.
+    pub(crate) fn get(&self, device_id: &str) -> Option<Arc<Value>> {
+        self.read().docs.get(device_id).cloned()
+    }
+
     /// Device ids, for a full pass.
     pub(crate) fn ids(&self) -> Vec<String> {
         self.read().docs.keys().cloned().collect()

@@ -57,6 +57,7 @@ impl Api {
             registry.clone(),
             engine.clone(),
             firmware.clone(),
+            "https://localhost".into(),
             std::time::Duration::from_secs(3600),
         )
         .await

@@ -22,6 +22,7 @@ pub(crate) mod invoke_method;
 pub(crate) mod monitor_events;
 pub(crate) mod output;
 pub(crate) mod query;
+pub(crate) mod rollout;
 pub(crate) mod serve;
 pub(crate) mod simulate;
 

@@ -1,0 +1,198 @@
+//! `ferrohub firmware rollout create|show|list|pause|resume|cancel|rollback`:
+//! staged rollouts of a hosted image (a ferrohub addition).
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::args::Common;
+use super::context::Context;
+use super::firmware::CommonOnly;
+use super::Outcome;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RolloutCommand {
+    /// Create a rollout and hand its first wave the update.
+    // `--version` names the firmware here, not ferrohub's own version.
+    #[command(disable_version_flag = true)]
+    Create(Box<RolloutCreateArgs>),
+    /// Show a rollout: state, counts per wave and each device's phase.
+    Show(RolloutShowArgs),
+    /// List rollouts (without their devices).
+    List(CommonOnly),
+    /// Hold a rollout: nobody new is handed the update.
+    Pause(RolloutIdArgs),
+    /// Let a paused rollout go on.
+    Resume(RolloutIdArgs),
+    /// Stop a rollout for good (devices already handed the image keep it).
+    Cancel(RolloutIdArgs),
+    /// Stop a rollout and offer every device handed the update the version
+    /// it reported when it joined.
+    Rollback(RolloutIdArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RolloutCreateArgs {
+    /// The rollout id (lower-case letters, digits, '-', '_').
+    #[arg(long = "rollout-id", visible_alias = "id", value_name = "ID")]
+    pub(crate) id: String,
+    /// The image by version (see `firmware list`).
+    #[arg(long = "version", id = "fw_version", value_name = "VERSION", required_unless_present = "sha256")]
+    pub(crate) fw_version: Option<String>,
+    /// With --version, when several images share it: the device type's.
+    #[arg(long, value_name = "TYPE")]
+    pub(crate) device_type: Option<String>,
+    /// The image by SHA-256 instead.
+    #[arg(long, value_name = "SHA256", conflicts_with = "fw_version")]
+    pub(crate) sha256: Option<String>,
+    /// Which devices, e.g. `tags.devicetype='chiller'`. Devices matching
+    /// later join the current wave.
+    #[arg(long, visible_alias = "tc", value_name = "CONDITION")]
+    pub(crate) target_condition: String,
+    /// Priority of the rollout's configuration.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 20, value_name = "N")]
+    pub(crate) priority: i64,
+    /// Cumulative percentages of the devices per wave, the last 100.
+    #[arg(long, value_delimiter = ',', value_parser = parse_percent, default_value = "10,50,100")]
+    pub(crate) waves: Vec<u32>,
+    /// Most devices handed the update per minute [default: no limit].
+    #[arg(long, value_name = "N")]
+    pub(crate) max_per_minute: Option<u32>,
+    /// Percent of a wave's devices (with the earlier waves') that must
+    /// succeed before the next wave starts.
+    #[arg(long, value_parser = parse_percent, default_value = "90", value_name = "PCT")]
+    pub(crate) success_threshold: u32,
+    /// Percent of the devices handed the update whose failure halts it.
+    #[arg(long, value_parser = parse_percent, default_value = "10", value_name = "PCT")]
+    pub(crate) failure_threshold: u32,
+    /// How long a device may take from hand-off to a result (e.g. 30m, 90s).
+    #[arg(long, value_parser = parse_duration, default_value = "30m", value_name = "DURATION")]
+    pub(crate) device_timeout: u64,
+    /// Attempts after a device's first failed one.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub(crate) retries: u32,
+    /// How long an updated device must stay connected at `current` to count
+    /// as a success (e.g. 5m, 0s).
+    #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
+    pub(crate) soak: u64,
+    /// Where devices fetch the image [default: the hub's own address].
+    #[arg(long, value_name = "URI")]
+    pub(crate) package_uri: Option<String>,
+    #[command(flatten)]
+    pub(crate) common: Common,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RolloutIdArgs {
+    /// The rollout id.
+    #[arg(long = "rollout-id", visible_alias = "id", value_name = "ID")]
+    pub(crate) id: String,
+    #[command(flatten)]
+    pub(crate) common: Common,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RolloutShowArgs {
+    /// The rollout id.
+    #[arg(long = "rollout-id", visible_alias = "id", value_name = "ID")]
+    pub(crate) id: String,
+    /// Leave out the per-device list.
+    #[arg(long)]
+    pub(crate) no_devices: bool,
+    #[command(flatten)]
+    pub(crate) common: Common,
+}
+
+/// `90` or `90%`.
+pub(crate) fn parse_percent(text: &str) -> Result<u32, String> {
+    let digits = text.trim().trim_end_matches('%');
+    match digits.parse::<u32>() {
+        Ok(n) if n <= 100 => Ok(n),
+        _ => Err(format!("'{text}' is not a percentage from 0 to 100")),
+    }
+}
+
+/// `90`, `90s`, `5m` or `2h`, in seconds.
+pub(crate) fn parse_duration(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(format!("'{text}' is not a duration like 90s, 5m or 2h")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("'{text}' is not a duration like 90s, 5m or 2h"))
+}
+
+/// Runs one `firmware rollout` subcommand.
+pub(crate) async fn run(command: RolloutCommand) -> anyhow::Result<Outcome> {
+    let (common, id, action) = match command {
+        RolloutCommand::Create(args) => {
+            let ctx = Context::resolve(&args.common)?;
+            let client = ctx.client()?;
+            let mut body = json!({
+                "id": args.id,
+                "targetCondition": args.target_condition,
+                "waves": args.waves,
+                "successThreshold": args.success_threshold,
+                "failureThreshold": args.failure_threshold,
+                "priority": args.priority,
+                "deviceTimeoutSeconds": args.device_timeout,
+                "retries": args.retries,
+                "soakSeconds": args.soak,
+            });
+            let optional = [
+                ("version", args.fw_version.map(|v| json!(v))),
+                ("deviceType", args.device_type.map(|v| json!(v))),
+                ("sha256", args.sha256.map(|v| json!(v))),
+                ("maxPerMinute", args.max_per_minute.map(|v| json!(v))),
+                ("packageUri", args.package_uri.map(|v| json!(v))),
+            ];
+            for (key, value) in optional {
+                if let Some(value) = value {
+                    body[key] = value;
+                }
+            }
+            return Outcome::value(&ctx, &client.create_rollout(&body).await?);
+        }
+        RolloutCommand::List(args) => {
+            let ctx = Context::resolve(&args.common)?;
+            return Outcome::value(&ctx, &ctx.client()?.list_rollouts().await?);
+        }
+        RolloutCommand::Show(a) => {
+            let ctx = Context::resolve(&a.common)?;
+            return Outcome::value(&ctx, &ctx.client()?.get_rollout_with(&a.id, !a.no_devices).await?);
+        }
+        RolloutCommand::Pause(a) => (a.common, a.id, "pause"),
+        RolloutCommand::Resume(a) => (a.common, a.id, "resume"),
+        RolloutCommand::Cancel(a) => (a.common, a.id, "cancel"),
+        RolloutCommand::Rollback(a) => (a.common, a.id, "rollback"),
+    };
+    let ctx = Context::resolve(&common)?;
+    Outcome::value(&ctx, &ctx.client()?.rollout_action(&id, action).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_percentages_parse() {
+        assert_eq!(parse_duration("90"), Ok(90));
+        assert_eq!(parse_duration("90s"), Ok(90));
+        assert_eq!(parse_duration("5m"), Ok(300));
+        assert_eq!(parse_duration("2h"), Ok(7200));
+        for bad in ["", "m", "5d", "-1s", "1.5m"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_percent("95%"), Ok(95));
+        assert!(parse_percent("101").is_err());
+    }
+}
