@@ -12,7 +12,7 @@ use super::context::Context;
 use super::generic_update::{apply_set, parse_set};
 use super::progress::{ProgressView, Row};
 use super::Outcome;
-use ferrohub_service_client::WatchEvent;
+use ferrohub_service_client::{WatchEvent, WatchStream};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ConfigurationCommand {
@@ -358,28 +358,34 @@ async fn show_metric(args: ShowMetricArgs) -> anyhow::Result<Outcome> {
 /// `show-metric --watch`: draws each snapshot of the configuration until
 /// `--until` is met, the configuration is deleted, or Ctrl-C.
 async fn watch_metric(ctx: &Context, args: &ShowMetricArgs) -> anyhow::Result<Outcome> {
-    let id = &args.config_id;
-    let mut stream = ctx.client()?.watch_configuration(id).await?;
+    let mut stream = ctx.client()?.watch_configuration(&args.config_id).await?;
     let mut view = ProgressView::for_stdout();
+    let outcome = follow(&mut stream, &mut view, args).await;
+    // The last counts stay on screen whatever ended the watch.
+    view.finish();
+    outcome
+}
+
+async fn follow(
+    stream: &mut WatchStream,
+    view: &mut ProgressView,
+    args: &ShowMetricArgs,
+) -> anyhow::Result<Outcome> {
+    let id = &args.config_id;
     loop {
         let event = tokio::select! {
-            _ = tokio::signal::ctrl_c() => {
-                view.finish();
-                return Ok(Outcome::Nothing);
-            }
+            _ = tokio::signal::ctrl_c() => return Ok(Outcome::Nothing),
             event = stream.next() => event,
         };
         match event.with_context(|| format!("the hub ended the watch of configuration '{id}'"))?? {
             WatchEvent::Deleted => {
                 view.println(&format!("configuration '{id}' was deleted"));
-                view.finish();
                 return Ok(Outcome::Exit(3));
             }
             WatchEvent::Snapshot(config) => {
                 let rows = metric_rows(&config, &args.metric_id, args.metric_type)?;
                 view.update(&rows);
                 if args.until.is_some_and(|n| rows[0].value >= n) {
-                    view.finish();
                     return Ok(Outcome::Nothing);
                 }
             }

@@ -66,12 +66,10 @@ impl ProgressView {
     pub(crate) fn update(&mut self, rows: &[Row]) {
         match &mut self.mode {
             Mode::Lines { last } => {
-                let line = plain_line(rows);
-                if last.as_deref() != Some(line.as_str()) {
+                if let Some(line) = changed_line(last, rows) {
                     let mut out = std::io::stdout().lock();
                     // A closed pipe ends nothing here: the watch decides when to stop.
                     let _ = writeln!(out, "{} {line}", now_seconds()).and_then(|()| out.flush());
-                    *last = Some(line);
                 }
             }
             Mode::Bars { multi, bars } => {
@@ -110,10 +108,11 @@ impl ProgressView {
         }
     }
 
-    /// Leaves the bars on screen as they are (call before exiting).
-    pub(crate) fn finish(self) {
-        if let Mode::Bars { bars, .. } = self.mode {
-            for (_, bar) in bars {
+    /// Leaves the bars on screen as they are (call before exiting, also on
+    /// errors: dropped bars would be wiped).
+    pub(crate) fn finish(&mut self) {
+        if let Mode::Bars { bars, .. } = &mut self.mode {
+            for (_, bar) in bars.drain(..) {
                 bar.abandon();
             }
         }
@@ -150,6 +149,17 @@ pub(crate) fn plain_line(rows: &[Row]) -> String {
     cells.join(" ")
 }
 
+/// The line for `rows` if it differs from the `last` one printed (which
+/// it then becomes): a snapshot that changed nothing shown prints nothing.
+fn changed_line(last: &mut Option<String>, rows: &[Row]) -> Option<String> {
+    let line = plain_line(rows);
+    if last.as_deref() == Some(line.as_str()) {
+        return None;
+    }
+    *last = Some(line.clone());
+    Some(line)
+}
+
 /// Now in UTC to the second, e.g. `2026-11-27T01:02:03Z`.
 fn now_seconds() -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
@@ -169,6 +179,16 @@ mod tests {
         rows.push(Row { note: Some("halted".into()), ..Row::new("wave", 2, None) });
         assert_eq!(plain_line(&rows), "current=12/100 error=1/100 wave=2 (halted)");
         assert_eq!(plain_line(&[]), "");
+    }
+
+    #[test]
+    fn a_line_is_printed_only_when_something_shown_changed() {
+        let mut last = None;
+        let rows = [Row::new("current", 1, Some(2))];
+        assert_eq!(changed_line(&mut last, &rows).as_deref(), Some("current=1/2"));
+        assert_eq!(changed_line(&mut last, &rows), None);
+        let rows = [Row::new("current", 2, Some(2))];
+        assert_eq!(changed_line(&mut last, &rows).as_deref(), Some("current=2/2"));
     }
 
     #[test]
