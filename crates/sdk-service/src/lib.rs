@@ -3,9 +3,11 @@
 //! ([`ServiceClient::create_configuration`] and friends), the query language
 //! ([`ServiceClient::query`], following continuation tokens), direct methods
 //! ([`ServiceClient::invoke_method`]), cloud-to-device messages
-//! ([`ServiceClient::send_c2d`]) and ferrohub's live telemetry stream
+//! ([`ServiceClient::send_c2d`]), ferrohub's live telemetry stream
 //! ([`ServiceClient::events`], `GET /events`, which Azure serves through
-//! Event Hubs instead). It speaks to ferrohub and to Azure IoT Hub alike,
+//! Event Hubs instead) and ferrohub's live views of one object
+//! ([`ServiceClient::watch_configuration`]). It speaks to ferrohub and to
+//! Azure IoT Hub alike,
 //! authenticating with a shared access policy from a hub connection string
 //! and minting a fresh one-hour SAS token for every request.
 //!
@@ -56,7 +58,9 @@ mod error;
 mod events;
 mod firmware;
 mod messaging;
+mod sse;
 mod tls;
+mod watch;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -69,12 +73,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use error::Error;
-pub use events::{Event, EventStream, MAX_EVENT_BYTES};
+pub use events::{Event, EventStream};
 pub use ferrohub_core::identity::{
     Authentication, AuthenticationType, Capabilities, ConnectionState, Device, DeviceStatus, SymmetricKey,
     X509Thumbprint,
 };
 pub use messaging::{C2dMessage, MethodResult, MAX_C2D_BODY_BYTES};
+pub use sse::MAX_EVENT_BYTES;
+pub use watch::{WatchEvent, WatchStream};
 
 /// The `api-version` sent with every request (the one the current Node,
 /// .NET and Python service SDKs send).

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::events::EventStream;
-use crate::{abbreviate, encode, error_code_header, Error, Result, ServiceClient};
+use crate::{abbreviate, encode, Error, Result, ServiceClient};
 
 /// The largest cloud-to-device message body the hub accepts.
 pub const MAX_C2D_BODY_BYTES: usize = 64 * 1024;
@@ -196,31 +196,8 @@ impl ServiceClient {
         if let Some(n) = last.as_deref() {
             query.push(("last", n));
         }
-        let request = self.request(Method::GET, "/events", &query)?.header(ACCEPT, "text/event-stream");
-        let url = self.url("/events");
-        let response =
-            request.send().await.map_err(|source| Error::Transport { url: url.clone(), source })?;
-        let status = response.status();
-        if !status.is_success() {
-            let code = error_code_header(&response);
-            let text = error_text(response).await;
-            return Err(Error::from_response_parts(status.as_u16(), code.as_deref(), &text));
-        }
-        Ok(EventStream::new(response))
+        Ok(EventStream::new(self.open_sse("/events", &query).await?))
     }
-}
-
-/// The body of an error response (what of it can be read), at most about
-/// 64 KiB of it.
-async fn error_text(mut response: reqwest::Response) -> String {
-    let mut bytes = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
-        bytes.extend_from_slice(&chunk);
-        if bytes.len() > 64 * 1024 {
-            break;
-        }
-    }
-    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 #[cfg(test)]

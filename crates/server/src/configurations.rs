@@ -28,7 +28,7 @@ use ferrohub_core::{HubError, HubResult};
 use ferrohub_query::{Expr, Query};
 use ferrohub_store::StoreError;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::clock;
 use crate::registry::{new_etag, IfMatch, Registry};
@@ -120,6 +120,11 @@ pub struct Engine {
     configs: RwLock<BTreeMap<String, Arc<Loaded>>>,
     counts: RwLock<HashMap<String, Counts>>,
     work: mpsc::UnboundedSender<Work>,
+    /// Bumped whenever metric counts or the set of configurations may have
+    /// changed, so live views (`GET /configurations/{id}/watch`) re-render
+    /// instead of polling. A watch channel: bumping never blocks and slow
+    /// readers only ever see the latest value.
+    generation: watch::Sender<u64>,
 }
 
 /// Runs `f` with the query language's syntax checks. A plain function, so
@@ -153,6 +158,7 @@ impl Engine {
             configs: RwLock::new(BTreeMap::new()),
             counts: RwLock::new(HashMap::new()),
             work: tx.clone(),
+            generation: watch::Sender::new(0),
         });
         for stored in registry.store().list_configurations().await.map_err(|e| anyhow::anyhow!("{e}"))? {
             let config: Configuration = serde_json::from_str(&stored.document)?;
@@ -262,6 +268,19 @@ impl Engine {
             }
             *self.counts.write().unwrap_or_else(|p| p.into_inner()) = counts;
         });
+        self.changed();
+    }
+
+    /// Tells live views that counts or configurations may have changed.
+    fn changed(&self) {
+        // send_modify notifies even with no receiver and never waits.
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// A receiver that wakes whenever metric counts or the configurations
+    /// may have changed (its value is only a counter).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// One twin changed from `old` to `new` (either may be absent): move the
@@ -279,6 +298,8 @@ impl Engine {
                 }
             }
         }
+        drop(counts);
+        self.changed();
     }
 
     /// A configuration with its current metric results.
@@ -374,6 +395,7 @@ impl Engine {
         self.registry.store().delete_configuration(id).await.map_err(|e| store_error(e, id))?;
         self.configs_mut().remove(id);
         self.counts.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.changed();
         let _ = self.work.send(Work::All);
         tracing::info!(id, "configuration deleted");
         Ok(())

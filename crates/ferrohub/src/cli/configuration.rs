@@ -10,7 +10,9 @@ use serde_json::{json, Map, Value};
 use super::args::Common;
 use super::context::Context;
 use super::generic_update::{apply_set, parse_set};
+use super::progress::{ProgressView, Row};
 use super::Outcome;
+use ferrohub_service_client::{WatchEvent, WatchStream};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ConfigurationCommand {
@@ -25,8 +27,9 @@ pub(crate) enum ConfigurationCommand {
     Update(UpdateArgs),
     /// Delete a configuration.
     Delete(DeleteArgs),
-    /// Run a metric's query and list what it matches.
-    #[command(name = "show-metric")]
+    /// Run a metric's query and list what it matches, or (--watch) follow
+    /// the configuration's metric counts live.
+    #[command(name = "show-metric", after_help = WATCH_EXIT_CODES)]
     ShowMetric(ShowMetricArgs),
 }
 
@@ -133,9 +136,23 @@ pub(crate) struct ShowMetricArgs {
     /// Which collection the metric is in.
     #[arg(long, visible_alias = "mt", value_enum, default_value_t = MetricType::User)]
     pub(crate) metric_type: MetricType,
+    /// Follow the counts live instead: every metric of the configuration
+    /// (the requested one first) as progress bars out of targetedCount, or
+    /// one plain line per change when stdout is not a terminal.
+    #[arg(long)]
+    pub(crate) watch: bool,
+    /// With --watch: stop (exit 0) once the metric's count is at least N.
+    #[arg(long, value_name = "N")]
+    pub(crate) until: Option<u64>,
     #[command(flatten)]
     pub(crate) common: Common,
 }
+
+const WATCH_EXIT_CODES: &str = "\
+Exit codes with --watch:
+  0  --until N was reached, or Ctrl-C
+  3  the configuration was deleted while watching
+  1  any error: unknown configuration or metric, lost connection, bad arguments";
 
 /// Runs one `configuration` subcommand.
 pub(crate) async fn run(command: ConfigurationCommand) -> anyhow::Result<Outcome> {
@@ -305,6 +322,12 @@ fn metric_result(rows: Vec<Value>) -> Vec<Value> {
 
 async fn show_metric(args: ShowMetricArgs) -> anyhow::Result<Outcome> {
     let ctx = Context::resolve(&args.common)?;
+    if args.watch {
+        return watch_metric(&ctx, &args).await;
+    }
+    if args.until.is_some() {
+        bail!("--until needs --watch");
+    }
     let client = ctx.client()?;
     let config = client.get_configuration(&args.config_id).await?;
     let (section, kind) = match args.metric_type {
@@ -332,10 +355,89 @@ async fn show_metric(args: ShowMetricArgs) -> anyhow::Result<Outcome> {
     Outcome::value(&ctx, &output)
 }
 
+/// `show-metric --watch`: draws each snapshot of the configuration until
+/// `--until` is met, the configuration is deleted, or Ctrl-C.
+async fn watch_metric(ctx: &Context, args: &ShowMetricArgs) -> anyhow::Result<Outcome> {
+    let mut stream = ctx.client()?.watch_configuration(&args.config_id).await?;
+    let mut view = ProgressView::for_stdout();
+    let outcome = follow(&mut stream, &mut view, args).await;
+    // The last counts stay on screen whatever ended the watch.
+    view.finish();
+    outcome
+}
+
+async fn follow(
+    stream: &mut WatchStream,
+    view: &mut ProgressView,
+    args: &ShowMetricArgs,
+) -> anyhow::Result<Outcome> {
+    let id = &args.config_id;
+    loop {
+        let event = tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(Outcome::Nothing),
+            event = stream.next() => event,
+        };
+        match event.with_context(|| format!("the hub ended the watch of configuration '{id}'"))?? {
+            WatchEvent::Deleted => {
+                view.println(&format!("configuration '{id}' was deleted"));
+                return Ok(Outcome::Exit(3));
+            }
+            WatchEvent::Snapshot(config) => {
+                let rows = metric_rows(&config, &args.metric_id, args.metric_type)?;
+                view.update(&rows);
+                if args.until.is_some_and(|n| rows[0].value >= n) {
+                    return Ok(Outcome::Nothing);
+                }
+            }
+        }
+    }
+}
+
+/// The rows of a watched configuration: the requested metric first
+/// (highlighted), then the other custom metrics, then appliedCount and
+/// targetedCount; counts are out of targetedCount. Never empty.
+fn metric_rows(config: &Value, metric_id: &str, metric_type: MetricType) -> anyhow::Result<Vec<Row>> {
+    let count = |section: &str, name: &str| {
+        config[section]["results"][name].as_i64().map_or(0, |n| u64::try_from(n).unwrap_or(0))
+    };
+    let names = |section: &str| -> Vec<String> {
+        let queries = config[section]["queries"].as_object();
+        queries.map(|q| q.keys().cloned().collect()).unwrap_or_default()
+    };
+    let targeted = count("systemMetrics", "targetedCount");
+    let total = |section: &str, name: &str| (section, name) != ("systemMetrics", "targetedCount");
+    let row = |section: &str, name: &str| {
+        Row::new(name, count(section, name), total(section, name).then_some(targeted))
+    };
+    let (section, kind) = match metric_type {
+        MetricType::User => ("metrics", "user"),
+        MetricType::System => ("systemMetrics", "system"),
+    };
+    if !names(section).iter().any(|n| n == metric_id) {
+        bail!(
+            "The {kind} metric '{metric_id}' is not defined in the configuration '{}'",
+            config["id"].as_str().unwrap_or_default()
+        );
+    }
+    let mut rows = vec![Row { highlight: true, ..row(section, metric_id) }];
+    for name in names("metrics") {
+        if (section, metric_id) != ("metrics", name.as_str()) {
+            rows.push(row("metrics", &name));
+        }
+    }
+    for name in ["appliedCount", "targetedCount"] {
+        if (section, metric_id) != ("systemMetrics", name) {
+            rows.push(row("systemMetrics", name));
+        }
+    }
+    Ok(rows)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::cli::progress::plain_line;
 
     #[test]
     fn content_is_accepted_bare_or_wrapped() {
@@ -418,5 +520,22 @@ mod tests {
                 "targetCondition": "", "priority": 0, "labels": {"k": "v"},
             })
         );
+    }
+
+    #[test]
+    fn watched_rows_put_the_requested_metric_first_out_of_targeted() {
+        let config = json!({
+            "id": "c1",
+            "metrics": {"queries": {"error": "q", "current": "q"}, "results": {"error": 1, "current": 4}},
+            "systemMetrics": {"queries": {"targetedCount": "q", "appliedCount": "q"},
+                              "results": {"targetedCount": 5, "appliedCount": 3}},
+        });
+        let rows = metric_rows(&config, "current", MetricType::User).unwrap();
+        assert!(rows[0].highlight && !rows[1].highlight);
+        assert_eq!(plain_line(&rows), "current=4/5 error=1/5 appliedCount=3/5 targetedCount=5");
+        let rows = metric_rows(&config, "appliedCount", MetricType::System).unwrap();
+        assert_eq!(plain_line(&rows), "appliedCount=3/5 error=1/5 current=4/5 targetedCount=5");
+        assert!(metric_rows(&config, "nope", MetricType::User).is_err());
+        assert!(metric_rows(&config, "current", MetricType::System).is_err());
     }
 }

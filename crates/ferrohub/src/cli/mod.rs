@@ -3,6 +3,7 @@
 //! - [`args`]: the clap definitions (the az shape).
 //! - [`context`]: which hub, as whom, on which port, trusting which CA.
 //! - [`output`]: az's json/table/tsv rendering.
+//! - [`progress`]: the live bars / plain lines of the `--watch` commands.
 //! - [`serve`], [`device_identity`], [`device_twin`], [`hub`],
 //!   [`invoke_method`], [`monitor_events`], [`c2d_message`],
 //!   [`configuration`], [`query`], [`firmware`], [`agent`], [`simulate`]:
@@ -21,6 +22,7 @@ pub(crate) mod hub;
 pub(crate) mod invoke_method;
 pub(crate) mod monitor_events;
 pub(crate) mod output;
+pub(crate) mod progress;
 pub(crate) mod query;
 pub(crate) mod rollout;
 pub(crate) mod serve;
@@ -42,6 +44,9 @@ pub(crate) enum Outcome {
     Nothing,
     /// Text, already formatted.
     Text(String),
+    /// Nothing more to print, and this exit code (a `--watch` that ended
+    /// in a state a script tells apart, e.g. 3 = the object was deleted).
+    Exit(u8),
 }
 
 impl Outcome {
@@ -58,6 +63,7 @@ pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(Outcome::Nothing) => ExitCode::SUCCESS,
+        Ok(Outcome::Exit(code)) => ExitCode::from(code),
         Ok(Outcome::Text(text)) => {
             let mut stdout = std::io::stdout().lock();
             // A closed pipe (`ferrohub ... | head`) is not an error worth a message.

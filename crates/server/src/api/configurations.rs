@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::body::JsonBody;
 use super::error::ApiResult;
+use super::watch::{snapshots, ticks, Snapshot};
 use super::{authorize, if_match, json, IdPath, State};
 use crate::registry::IfMatch;
 
@@ -66,4 +67,28 @@ pub(super) async fn test_queries(
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &[Permission::ServiceConnect])?;
     json(&state.engine.test_queries(&body)?)
+}
+
+/// `GET /configurations/{id}/watch`: the configuration with its metrics as
+/// server-sent events (a ferrohub addition; see [`super::watch`]).
+pub(super) async fn watch(
+    AxState(state): AxState<State>,
+    headers: HeaderMap,
+    IdPath(id): IdPath,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &[Permission::ServiceConnect])?;
+    // Subscribe first, so a change between this check and the first render
+    // is not missed; an unknown id is the same 404 as a GET.
+    let changes = state.engine.subscribe();
+    state.engine.get(&id)?;
+    let engine = state.engine.clone();
+    let render = move || match engine.get(&id).map(|c| serde_json::to_value(&c)) {
+        Ok(Ok(value)) => Snapshot::Live(value),
+        Ok(Err(e)) => {
+            tracing::warn!(%e, "configuration does not serialise");
+            Snapshot::Gone
+        }
+        Err(_) => Snapshot::Gone,
+    };
+    Ok(snapshots(ticks(changes), render))
 }

@@ -19,6 +19,7 @@ mod query;
 mod rollouts;
 mod stats;
 mod twins;
+pub(crate) mod watch;
 
 use std::sync::Arc;
 
@@ -72,6 +73,7 @@ pub fn router(state: State) -> Router {
             "/configurations/{id}",
             get(configurations::get).put(configurations::put).delete(configurations::delete),
         )
+        .route("/configurations/{id}/watch", get(configurations::watch))
         .route("/twins/{id}", get(twins::get).patch(twins::patch).put(twins::replace))
         .route("/twins/{id}/methods", post(methods::invoke))
         .route("/events", get(events::stream))
