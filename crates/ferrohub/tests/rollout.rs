@@ -120,6 +120,23 @@ fn create(
     ok_json(&hub.cli(&[&base[..], soak, extra].concat()))
 }
 
+/// Starts `ferrohub firmware rollout watch` (stdout a pipe: plain lines);
+/// await the handle for its output.
+fn watch(hub: &TestHub, id: &str) -> tokio::task::JoinHandle<std::process::Output> {
+    let mut cmd = hub.command();
+    cmd.args(["firmware", "rollout", "watch", "--rollout-id", id, "--data-dir"])
+        .arg(hub.data_dir())
+        .args(["--https-port", &hub.https_port().to_string()]);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+}
+
+/// The exit code and output of a watch, which must end within the cap.
+async fn watch_result(handle: tokio::task::JoinHandle<std::process::Output>) -> (i32, String) {
+    let out = tokio::time::timeout(WAIT, handle).await.expect("the watch did not end").unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap(), text)
+}
+
 fn members(rollout: &Value) -> &Vec<Value> {
     rollout["members"].as_array().unwrap()
 }
@@ -189,8 +206,13 @@ async fn waves_advance_on_the_success_threshold_until_the_rollout_succeeds() {
     }
     assert_eq!(desired_firmware(&hub, &order[0]).await["fwVersion"], "2.8.5");
 
-    // Resumed, every wave completes.
+    // Resumed, every wave completes; a live watch follows it to the end.
+    let watcher = watch(&hub, "r285");
     assert_eq!(rollout_cli(&hub, "resume", "r285")["state"], "running");
+    let (code, printed) = watch_result(watcher).await;
+    assert_eq!(code, 0, "{printed}");
+    assert!(printed.contains("succeeded=10/10"), "{printed}");
+    assert!(printed.lines().count() >= 2, "one line per change: {printed}");
     let done = await_rollout(&hub, &|| sim.log(), "r285", |r| r["state"] == "succeeded").await;
     assert_eq!(done["currentWave"], 3);
     let succeeded: Vec<u64> =
@@ -223,6 +245,9 @@ async fn a_failing_fleet_halts_after_the_first_wave() {
     assert_eq!(sha.len(), 64);
     let created = create(&hub, "r300", "3.0.0", "20,50,100", "90", "50", &[]);
     let order = devices(&created);
+    let (code, printed) = watch_result(watch(&hub, "r300")).await;
+    assert_eq!(code, 2, "{printed}");
+    assert!(printed.contains("halted"), "{printed}");
     let halted = await_rollout(&hub, &|| sim.log(), "r300", |r| r["state"] == "halted").await;
     assert_eq!(halted["currentWave"], 1, "{halted}");
     assert!(halted["totals"]["failed"].as_u64().unwrap() >= 1, "{halted}");
@@ -384,6 +409,11 @@ async fn pacing_late_joiners_and_device_timeouts() {
     // 4 of 5 is below the 100% success threshold: it keeps running.
     assert_eq!(settled["state"], "running", "{settled}");
     assert_eq!(rollout_cli(&hub, "cancel", "r800")["state"], "cancelled");
+    let (code, printed) = watch_result(watch(&hub, "r800")).await;
+    assert_eq!(code, 3, "{printed}");
+    let (code, printed) = watch_result(watch(&hub, "no-such-rollout")).await;
+    assert_eq!(code, 1, "{printed}");
+    assert!(printed.contains("not found"), "{printed}");
 }
 
 #[tokio::test]
@@ -401,6 +431,7 @@ async fn rollback_returns_devices_to_the_version_they_joined_at() {
 
     let rolled = rollout_cli(&hub, "rollback", "r900");
     assert_eq!(rolled["state"], "rolledBack");
+    assert_eq!(watch_result(watch(&hub, "r900")).await.0, 3);
     assert_eq!(rolled["rollback"][0]["version"], "1.0.0", "{rolled}");
     let back =
         await_rollout(&hub, &|| sim.log(), "r900", |r| r["rollbackProgress"][0]["returned"] == 3).await;

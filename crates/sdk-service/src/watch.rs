@@ -60,4 +60,10 @@ impl ServiceClient {
     pub async fn watch_configuration(&self, configuration_id: &str) -> Result<WatchStream> {
         self.watch(&format!("/configurations/{}/watch", encode(configuration_id))).await
     }
+
+    /// Watches a staged rollout's state and counts, until it is final
+    /// (`GET /firmware-rollouts/{id}/watch`).
+    pub async fn watch_rollout(&self, id: &str) -> Result<WatchStream> {
+        self.watch(&format!("/firmware-rollouts/{}/watch", encode(id))).await
+    }
 }

@@ -207,6 +207,9 @@ pub struct Rollouts {
     /// `https://<host>[:<port>]`, where devices reach the hub.
     base_uri: String,
     rollouts: Mutex<BTreeMap<String, Rollout>>,
+    /// Each rollout as `present(_, false)` shows it, refreshed on every
+    /// save: readable without the async lock (live watchers render from it).
+    summaries: std::sync::RwLock<HashMap<String, Value>>,
     /// Bumped whenever a rollout changes (for live watchers).
     changes: watch::Sender<u64>,
 }
@@ -238,9 +241,14 @@ impl Rollouts {
             engine,
             firmware,
             base_uri,
-            rollouts: Mutex::new(rollouts),
+            rollouts: Mutex::new(BTreeMap::new()),
+            summaries: std::sync::RwLock::new(HashMap::new()),
             changes: watch::Sender::new(0),
         });
+        for rollout in rollouts.values() {
+            this.publish(rollout);
+        }
+        *this.rollouts.lock().await = rollouts;
         {
             let map = this.rollouts.lock().await;
             for rollout in map.values().filter(|r| r.progress.state != RolloutState::Succeeded) {
@@ -272,8 +280,20 @@ impl Rollouts {
         let bytes = serde_json::to_vec(rollout).map_err(internal)?;
         crate::fsutil::write_public(&self.dir.join(format!("{}.json", rollout.id)), &bytes)
             .map_err(internal)?;
-        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        self.publish(rollout);
         Ok(())
+    }
+
+    fn publish(&self, rollout: &Rollout) {
+        let summary = self.present(rollout, false);
+        self.summaries.write().unwrap_or_else(|p| p.into_inner()).insert(rollout.id.clone(), summary);
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The latest summary of a rollout (no members), without waiting for a
+    /// step in progress.
+    pub fn summary(&self, id: &str) -> Option<Value> {
+        self.summaries.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
 
     /// Makes sure the configurations exist and every member carries the tag
@@ -574,11 +594,6 @@ impl Rollouts {
         let map = self.rollouts.lock().await;
         let rollout = map.get(id).ok_or_else(|| not_found(id))?;
         Ok(self.present(rollout, with_members))
-    }
-
-    /// Whether a rollout is finished (for watchers), `None` if unknown.
-    pub async fn state(&self, id: &str) -> Option<RolloutState> {
-        self.rollouts.lock().await.get(id).map(|r| r.progress.state)
     }
 
     /// `GET /firmware-rollouts`.

@@ -60,7 +60,15 @@ impl Outcome {
 /// Parses the command line, runs the command, prints its result or a
 /// one-line `ERROR: ...`, and returns the exit code.
 pub(crate) fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // Usage errors exit 1 like every other error (clap's own 2 would
+            // read as "halted" to a script running `rollout watch`).
+            return if e.use_stderr() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
+        }
+    };
     match run(cli) {
         Ok(Outcome::Nothing) => ExitCode::SUCCESS,
         Ok(Outcome::Exit(code)) => ExitCode::from(code),

@@ -1,8 +1,12 @@
 //! `ferrohub firmware rollout create|show|list|pause|resume|cancel|rollback`:
 //! staged rollouts of a hosted image (a ferrohub addition).
 
+use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use serde_json::json;
+use ferrohub_service_client::{ServiceClient, WatchEvent, WatchStream};
+use serde_json::{json, Value};
+
+use super::progress::{ProgressView, Row};
 
 use super::args::Common;
 use super::context::Context;
@@ -28,6 +32,10 @@ pub(crate) enum RolloutCommand {
     /// Stop a rollout and offer every device handed the update the version
     /// it reported when it joined.
     Rollback(RolloutIdArgs),
+    /// Follow a rollout live: bars per state and per wave on a terminal,
+    /// plain lines otherwise. Exits 0 when it succeeded, 2 when it halted,
+    /// 3 when it was cancelled or rolled back, 1 on any error.
+    Watch(RolloutIdArgs),
 }
 
 #[derive(Debug, Args)]
@@ -170,6 +178,10 @@ pub(crate) async fn run(command: RolloutCommand) -> anyhow::Result<Outcome> {
             let ctx = Context::resolve(&a.common)?;
             return Outcome::value(&ctx, &ctx.client()?.get_rollout_with(&a.id, !a.no_devices).await?);
         }
+        RolloutCommand::Watch(a) => {
+            let ctx = Context::resolve(&a.common)?;
+            return Ok(Outcome::Exit(watch(&ctx.client()?, &a.id).await?));
+        }
         RolloutCommand::Pause(a) => (a.common, a.id, "pause"),
         RolloutCommand::Resume(a) => (a.common, a.id, "resume"),
         RolloutCommand::Cancel(a) => (a.common, a.id, "cancel"),
@@ -177,6 +189,72 @@ pub(crate) async fn run(command: RolloutCommand) -> anyhow::Result<Outcome> {
     };
     let ctx = Context::resolve(&common)?;
     Outcome::value(&ctx, &ctx.client()?.rollout_action(&id, action).await?)
+}
+
+/// Follows a rollout until it ends; returns the exit code its end calls
+/// for (0 succeeded, 2 halted, 3 cancelled or rolled back). Ctrl-C stops
+/// watching with 1 (nothing ended).
+pub(crate) async fn watch(client: &ServiceClient, id: &str) -> anyhow::Result<u8> {
+    let mut stream = client.watch_rollout(id).await?;
+    let mut view = ProgressView::for_stdout();
+    let code = follow(&mut stream, &mut view, id).await;
+    view.finish();
+    code
+}
+
+async fn follow(stream: &mut WatchStream, view: &mut ProgressView, id: &str) -> anyhow::Result<u8> {
+    loop {
+        let event = tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(1),
+            event = stream.next() => event,
+        };
+        let rollout = match event.with_context(|| format!("the hub ended the watch of rollout '{id}'"))?? {
+            WatchEvent::Deleted => anyhow::bail!("rollout '{id}' no longer exists"),
+            WatchEvent::Snapshot(rollout) => rollout,
+        };
+        view.update(&rows(&rollout));
+        let state = rollout["state"].as_str().unwrap_or_default();
+        let code = match state {
+            "succeeded" => 0,
+            "halted" => 2,
+            "cancelled" | "rolledBack" => 3,
+            _ => continue,
+        };
+        let reason = rollout["reason"].as_str().unwrap_or_default();
+        view.println(&format!("rollout '{id}' {state}: {reason}"));
+        return Ok(code);
+    }
+}
+
+/// One row per member phase (out of all members), then one per wave
+/// (succeeded out of the wave's devices, with where the wave stands).
+fn rows(rollout: &Value) -> Vec<Row> {
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let totals = &rollout["totals"];
+    let devices = n(&totals["devices"]);
+    let mut rows: Vec<Row> = ["succeeded", "soaking", "updating", "failed", "waiting"]
+        .iter()
+        .map(|phase| Row::new(*phase, n(&totals[*phase]), Some(devices)))
+        .collect();
+    rows[0].highlight = true;
+    rows[0].note = Some(format!(
+        "{} wave {}/{}",
+        rollout["state"].as_str().unwrap_or_default(),
+        n(&rollout["currentWave"]),
+        rollout["waves"].as_array().map_or(0, Vec::len)
+    ));
+    for wave in rollout["waveProgress"].as_array().into_iter().flatten() {
+        let mut row =
+            Row::new(format!("wave{}", n(&wave["wave"])), n(&wave["succeeded"]), Some(n(&wave["devices"])));
+        let failed = n(&wave["failed"]);
+        row.note = Some(match (wave["started"].as_bool().unwrap_or(false), failed) {
+            (false, _) => "not started".to_owned(),
+            (true, 0) => "started".to_owned(),
+            (true, f) => format!("started, {f} failed"),
+        });
+        rows.push(row);
+    }
+    rows
 }
 
 #[cfg(test)]
@@ -194,5 +272,30 @@ mod tests {
         }
         assert_eq!(parse_percent("95%"), Ok(95));
         assert!(parse_percent("101").is_err());
+    }
+}
+
+#[cfg(test)]
+mod watch_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::cli::progress::plain_line;
+
+    #[test]
+    fn rows_show_phases_then_waves() {
+        let rollout = json!({
+            "state": "running", "currentWave": 2, "waves": [50, 100],
+            "totals": {"devices": 4, "succeeded": 2, "soaking": 0, "updating": 1, "failed": 0, "waiting": 1},
+            "waveProgress": [
+                {"wave": 1, "devices": 2, "succeeded": 2, "failed": 0, "started": true},
+                {"wave": 2, "devices": 2, "succeeded": 0, "failed": 1, "started": true},
+            ],
+        });
+        let line = plain_line(&rows(&rollout));
+        assert!(line.contains("succeeded=2/4"), "{line}");
+        assert!(line.contains("waiting=1/4"), "{line}");
+        assert!(line.contains("wave2=0/2"), "{line}");
+        assert!(line.contains("running wave 2/2"), "{line}");
+        assert!(line.contains("1 failed"), "{line}");
     }
 }

@@ -2,20 +2,16 @@
 //! ferrohub addition).
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::extract::{Path, Query, State as AxState};
 use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use ferrohub_core::sas::Permission;
 use serde_json::Value;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::StreamExt;
 
 use super::body::JsonBody;
 use super::error::ApiResult;
+use super::watch::{snapshots, ticks, Snapshot};
 use super::{authorize, json, State};
 
 pub(super) async fn list(AxState(state): AxState<State>, headers: HeaderMap) -> ApiResult<Response> {
@@ -55,44 +51,26 @@ pub(super) async fn act(
     json(&state.rollouts.act(&id, &action).await?)
 }
 
-/// `GET /firmware-rollouts/{id}/watch`: server-sent events, one `snapshot`
-/// event (the rollout without members) now and after every change, until
-/// the rollout is final (succeeded, cancelled, rolled back) or the client
-/// leaves. Changes are coalesced to at most one event per 200 ms.
+/// `GET /firmware-rollouts/{id}/watch`: the rollout without its members
+/// as server-sent events (see [`super::watch`]), until it is final
+/// (succeeded, cancelled, rolled back).
 pub(super) async fn watch(
     AxState(state): AxState<State>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &[Permission::ServiceConnect])?;
-    let first = state.rollouts.get(&id, false).await?;
-    let mut changes = state.rollouts.subscribe();
-    let (tx, rx) = tokio::sync::mpsc::channel::<String>(4);
-    tokio::spawn(async move {
-        let mut last = first;
-        if tx.send(last.to_string()).await.is_err() {
-            return;
-        }
-        loop {
-            if state.rollouts.state(&id).await.is_none_or(ferrohub_core::rollout::RolloutState::is_final) {
-                return;
-            }
-            tokio::select! {
-                changed = changes.changed() => if changed.is_err() { return },
-                () = tx.closed() => return,
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            changes.mark_unchanged();
-            let Ok(now) = state.rollouts.get(&id, false).await else { return };
-            if now != last {
-                if tx.send(now.to_string()).await.is_err() {
-                    return;
-                }
-                last = now;
-            }
-        }
-    });
-    let events = ReceiverStream::new(rx)
-        .map(|data| Ok::<_, Infallible>(Event::default().event("snapshot").data(data)));
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+    // Subscribe first, so a change between the check and the stream counts.
+    let changes = ticks(state.rollouts.subscribe());
+    state.rollouts.get(&id, false).await?;
+    let rollouts = state.rollouts.clone();
+    Ok(snapshots(changes, move || match rollouts.summary(&id) {
+        None => Snapshot::Gone,
+        Some(v) if v["state"].as_str().is_some_and(is_final) => Snapshot::Final(v),
+        Some(v) => Snapshot::Live(v),
+    }))
+}
+
+fn is_final(state: &str) -> bool {
+    matches!(state, "succeeded" | "cancelled" | "rolledBack")
 }

@@ -18,8 +18,7 @@
 //!   finished rollout) is sent as `snapshot`. The stream ends after either.
 //! - `: ` comment lines keep idle connections alive every 15 s.
 //!
-//! A route hands [`snapshots`] a stream of change ticks (see [`ticks`] and
-//! [`merge`]) and a render function; the task feeding the response ends
+//! A route hands [`snapshots`] a stream of change ticks (see [`ticks`]) and a render function; the task feeding the response ends
 //! when the client goes away.
 
 use std::convert::Infallible;
@@ -47,7 +46,6 @@ pub(crate) enum Snapshot {
     /// The current state; more may follow.
     Live(Value),
     /// The last state there will be: sent, then the stream ends.
-    #[allow(dead_code)] // for watches of things that finish, e.g. rollouts
     Final(Value),
     /// The object no longer exists: `deleted` is sent and the stream ends.
     Gone,
@@ -60,13 +58,6 @@ pub(crate) type Ticks = Pin<Box<dyn Stream<Item = ()> + Send>>;
 /// that falls behind sees one tick for many changes).
 pub(crate) fn ticks<T: Clone + Send + Sync + 'static>(rx: watch::Receiver<T>) -> Ticks {
     Box::pin(WatchStream::from_changes(rx).map(|_| ()))
-}
-
-/// Ticks of either source (e.g. a rollout's own state plus the metric
-/// counts of its configuration); ends when both have ended.
-#[allow(dead_code)] // for watches with two sources, e.g. rollouts
-pub(crate) fn merge(a: Ticks, b: Ticks) -> Ticks {
-    Box::pin(a.merge(b))
 }
 
 /// One event on the wire.
@@ -188,18 +179,5 @@ mod tests {
         tokio::spawn(feed(Box::pin(tokio_stream::empty()), render, MIN_GAP, tx));
         assert_eq!(next(&mut rx).await, Some(Frame::Snapshot("1".into())));
         assert_eq!(next(&mut rx).await, None);
-    }
-
-    #[tokio::test]
-    async fn watch_ticks_merge() {
-        let (a_tx, a_rx) = watch::channel(0u64);
-        let (b_tx, b_rx) = watch::channel(0u64);
-        let mut both = merge(ticks(a_rx), ticks(b_rx));
-        a_tx.send_modify(|g| *g += 1);
-        tokio::time::timeout(Duration::from_secs(5), both.next()).await.unwrap().unwrap();
-        b_tx.send_modify(|g| *g += 1);
-        tokio::time::timeout(Duration::from_secs(5), both.next()).await.unwrap().unwrap();
-        drop((a_tx, b_tx));
-        assert_eq!(tokio::time::timeout(Duration::from_secs(5), both.next()).await.unwrap(), None);
     }
 }
