@@ -61,6 +61,10 @@ pub(crate) enum Command {
     /// Simulate a fleet of update agents in one process (with fault
     /// injection) against the hub.
     Simulate(super::simulate::SimulateArgs),
+    /// A staged firmware rollout to 100 simulated chillers, live, in under
+    /// two minutes: a temporary hub, a generated image, a failing batch of
+    /// devices that halts the rollout. Exits like `firmware rollout watch`.
+    Demo(super::demo::DemoArgs),
 }
 
 /// Flags of `ferrohub serve`.

@@ -14,6 +14,7 @@ pub(crate) mod args;
 pub(crate) mod c2d_message;
 pub(crate) mod configuration;
 pub(crate) mod context;
+pub(crate) mod demo;
 pub(crate) mod device_identity;
 pub(crate) mod device_twin;
 pub(crate) mod firmware;
@@ -113,6 +114,7 @@ async fn dispatch(command: Command) -> anyhow::Result<Outcome> {
         Command::Query(a) => query::run(a).await,
         Command::Agent(a) => agent::run(a).await,
         Command::Simulate(a) => simulate::run(a).await,
+        Command::Demo(a) => demo::run(a).await,
     }
 }
 

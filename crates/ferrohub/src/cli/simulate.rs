@@ -27,7 +27,7 @@ const BULK: usize = 100;
 /// How often a status line is printed.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// One simulated step at 1x.
-const STEP: Duration = Duration::from_secs(2);
+pub(crate) const STEP: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Args)]
 pub(crate) struct SimulateArgs {
@@ -142,6 +142,40 @@ async fn register(
     Ok(devices)
 }
 
+/// One group of simulated devices: `<prefix>-1..<prefix>-<devices>`.
+pub(crate) struct Group<'a> {
+    pub(crate) prefix: &'a str,
+    pub(crate) devices: usize,
+    pub(crate) tags: Option<&'a Value>,
+    pub(crate) faults: Faults,
+}
+
+/// Registers (or reuses) a group's devices and starts one simulated agent
+/// task each; the tasks run until aborted.
+pub(crate) async fn start(
+    ctx: &Context,
+    client: &ServiceClient,
+    pem: &str,
+    group: &Group<'_>,
+    step: Duration,
+) -> anyhow::Result<(Arc<Fleet>, tokio::task::JoinSet<()>)> {
+    let devices = register(client, group.prefix, group.devices, group.tags).await?;
+    let fleet = Arc::new(Fleet::new(
+        ctx.host().to_owned(),
+        Some(ctx.endpoint.mqtt_port),
+        ctx.endpoint.ca.as_deref(),
+        pem,
+        group.faults,
+        step,
+        devices.len(),
+    )?);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, (id, key)) in devices.into_iter().enumerate() {
+        tasks.spawn(ferrohub_agent::sim::run_device(fleet.clone(), index, id, key));
+    }
+    Ok((fleet, tasks))
+}
+
 /// Runs the simulator until Ctrl-C or SIGTERM.
 pub(crate) async fn run(args: SimulateArgs) -> anyhow::Result<Outcome> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -163,34 +197,21 @@ pub(crate) async fn run(args: SimulateArgs) -> anyhow::Result<Outcome> {
     let ctx = Context::resolve(&args.common)?;
     let client = ctx.client()?;
     let pem = client.firmware_public_key().await.context("fetching the hub's firmware key")?;
-    let devices = register(&client, &args.prefix, args.devices, tags.as_ref()).await?;
     let faults = Faults {
         failure_rate: args.failure_rate,
         crash_rate: args.crash_rate,
         offline_after_update_rate: args.offline_after_update_rate,
     };
-    let step = STEP.div_f64(args.speed);
-    let fleet = Arc::new(Fleet::new(
-        ctx.host().to_owned(),
-        Some(ctx.endpoint.mqtt_port),
-        ctx.endpoint.ca.as_deref(),
-        &pem,
-        faults,
-        step,
-        devices.len(),
-    )?);
+    let group = Group { prefix: &args.prefix, devices: args.devices, tags: tags.as_ref(), faults };
+    let (fleet, mut tasks) = start(&ctx, &client, &pem, &group, STEP.div_f64(args.speed)).await?;
     println!(
         "simulating {} devices ({}-1..{}-{}) on {}",
-        devices.len(),
+        args.devices,
         args.prefix,
         args.prefix,
-        devices.len(),
+        args.devices,
         ctx.host()
     );
-    let mut tasks = tokio::task::JoinSet::new();
-    for (index, (id, key)) in devices.into_iter().enumerate() {
-        tasks.spawn(ferrohub_agent::sim::run_device(fleet.clone(), index, id, key));
-    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut ticker = tokio::time::interval(STATUS_EVERY);
     ticker.tick().await;
