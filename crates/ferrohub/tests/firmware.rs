@@ -213,6 +213,17 @@ fn firmware_cli_uploads_lists_shows_and_deletes() {
     assert_eq!(shown["fwSignature"], record["fwSignature"]);
     let pem = common::ok(&hub.cli(&["firmware", "public-key"]));
     assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
+    // The desired `firmware` property, by version: the tutorial's three
+    // fields plus the signed manifest.
+    let desired = common::ok_json(&hub.cli(&["firmware", "desired", "--version", "2.8.5"]));
+    assert_eq!(desired["fwVersion"], "2.8.5");
+    assert_eq!(desired["fwPackageCheckValue"], sha);
+    assert_eq!(desired["fwPackageURI"], record["fwPackageURI"]);
+    assert_eq!(desired["fwManifest"], record["fwManifest"]);
+    assert_eq!(desired["fwSignature"], record["fwSignature"]);
+    assert_eq!(desired.as_object().unwrap().len(), 5, "{desired}");
+    let err = common::fails(&hub.cli(&["firmware", "desired", "--version", "0.0.1"]));
+    assert!(err.contains("no firmware image has version 0.0.1"), "{err}");
     // The same bytes under another version are refused.
     let err = common::fails(&hub.cli(&["firmware", "upload", "--version", "9.9.9", file.to_str().unwrap()]));
     assert!(err.contains("InvalidOperation"), "{err}");

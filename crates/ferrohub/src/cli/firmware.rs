@@ -23,6 +23,12 @@ pub(crate) enum FirmwareCommand {
     Show(ShaArgs),
     /// Delete an image (refused while a configuration or rollout names it).
     Delete(ShaArgs),
+    /// Print an image's desired `firmware` property (fwVersion, fwPackageURI,
+    /// fwPackageCheckValue, fwManifest, fwSignature), ready for a
+    /// configuration's content or a twin patch.
+    // `--version` names the firmware here, not ferrohub's own version.
+    #[command(disable_version_flag = true)]
+    Desired(DesiredArgs),
     /// Print the public key devices verify manifests with (PEM).
     #[command(name = "public-key")]
     PublicKey(CommonOnly),
@@ -44,6 +50,44 @@ pub(crate) struct UploadArgs {
     pub(crate) file: PathBuf,
     #[command(flatten)]
     pub(crate) common: Common,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DesiredArgs {
+    /// The image by version.
+    #[arg(long = "version", id = "fw_version", value_name = "VERSION", required_unless_present = "sha256")]
+    pub(crate) fw_version: Option<String>,
+    /// With --version, when several images share it: the device type's.
+    #[arg(long, value_name = "TYPE")]
+    pub(crate) device_type: Option<String>,
+    /// The image by SHA-256 instead.
+    #[arg(long, value_name = "SHA256", conflicts_with = "fw_version")]
+    pub(crate) sha256: Option<String>,
+    #[command(flatten)]
+    pub(crate) common: Common,
+}
+
+/// The one image `args` names.
+async fn select(
+    client: &ferrohub_service_client::ServiceClient,
+    args: &DesiredArgs,
+) -> anyhow::Result<Value> {
+    if let Some(sha) = &args.sha256 {
+        return Ok(client.get_firmware(sha).await?);
+    }
+    let version = args.fw_version.as_deref().unwrap_or_default();
+    let mut found: Vec<Value> = client
+        .list_firmware()
+        .await?
+        .into_iter()
+        .filter(|r| r["version"] == version)
+        .filter(|r| args.device_type.as_ref().is_none_or(|t| r["deviceType"] == t.as_str()))
+        .collect();
+    match found.len() {
+        0 => anyhow::bail!("no firmware image has version {version}"),
+        1 => Ok(found.remove(0)),
+        n => anyhow::bail!("{n} images have version {version}; add --device-type or use --sha256"),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +141,20 @@ pub(crate) async fn run(command: FirmwareCommand) -> anyhow::Result<Outcome> {
             let ctx = Context::resolve(&args.common)?;
             ctx.client()?.delete_firmware(&args.sha256).await?;
             Ok(Outcome::Nothing)
+        }
+        FirmwareCommand::Desired(args) => {
+            let ctx = Context::resolve(&args.common)?;
+            let client = ctx.client()?;
+            let record = select(&client, &args).await?;
+            let sha = record["sha256"].as_str().unwrap_or_default();
+            let desired = serde_json::json!({
+                "fwVersion": record["version"],
+                "fwPackageURI": client.firmware_uri(sha),
+                "fwPackageCheckValue": sha,
+                "fwManifest": record["fwManifest"],
+                "fwSignature": record["fwSignature"],
+            });
+            Outcome::value(&ctx, &desired)
         }
         FirmwareCommand::Rollout(command) => super::rollout::run(command).await,
         FirmwareCommand::PublicKey(args) => {
