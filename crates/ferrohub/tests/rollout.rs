@@ -408,6 +408,8 @@ async fn pacing_late_joiners_and_device_timeouts() {
     assert_eq!(settled["totals"]["succeeded"], 4, "{settled}");
     // 4 of 5 is below the 100% success threshold: it keeps running.
     assert_eq!(settled["state"], "running", "{settled}");
+    let err = fails(&hub.cli(&["firmware", "rollout", "delete", "--rollout-id", "r800"]));
+    assert!(err.contains("cancel it before deleting it"), "{err}");
     assert_eq!(rollout_cli(&hub, "cancel", "r800")["state"], "cancelled");
     let (code, printed) = watch_result(watch(&hub, "r800")).await;
     assert_eq!(code, 3, "{printed}");
@@ -442,4 +444,83 @@ async fn rollback_returns_devices_to_the_version_they_joined_at() {
         assert_eq!(twin["properties"]["reported"]["firmware"]["currentFwVersion"], "1.0.0", "{twin}");
     }
     fails(&hub.cli(&["firmware", "rollout", "rollback", "--rollout-id", "r900"]));
+
+    // Deleted, it takes its configurations and tags along; devices keep
+    // the firmware they run, and the images are free to go.
+    assert_eq!(ok(&hub.cli(&["firmware", "rollout", "delete", "--rollout-id", "r900"])), "");
+    let err = fails(&hub.cli(&["firmware", "rollout", "show", "--rollout-id", "r900"]));
+    assert!(err.contains("not found"), "{err}");
+    assert!(service(&hub).get_configuration("rollout-r900").await.is_err());
+    assert!(service(&hub).get_configuration("rollout-r900-back-1").await.is_err());
+    let twin = service(&hub).get_twin("back-1").await.unwrap();
+    assert!(twin["tags"]["ferrohubRollouts"].get("r900").is_none(), "{twin}");
+    assert!(twin["tags"]["ferrohubRollbacks"].get("r900").is_none(), "{twin}");
+    assert_eq!(twin["properties"]["reported"]["firmware"]["currentFwVersion"], "1.0.0", "{twin}");
+    assert!(ok_json(&hub.cli(&["firmware", "rollout", "list"])).as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn bad_rollout_requests_get_azure_errors_and_change_nothing() {
+    let hub = TestHub::start();
+    let dir = tempfile::tempdir().unwrap();
+    upload(&hub, dir.path(), "4.0.0");
+    ok(&hub.cli(&["device-identity", "create", "-d", "x1"]));
+    ok(&hub.cli(&["device-twin", "update", "-d", "x1", "--tags", r#"{"x":"y"}"#]));
+    let http = common::mqtt::http(&hub);
+    let auth = common::mqtt::owner_token(&hub);
+    let url = |path: &str| format!("https://localhost:{}{path}", hub.https_port());
+    let cases: [(&str, &str, u16); 6] = [
+        ("POST", "{not json", 400),
+        ("POST", r#"{"id":"r1","version":"4.0.0","targetCondition":7}"#, 400),
+        ("POST", r#"{"id":"r1","version":"4.0.0","targetCondition":"tags.x='y'","bogus":1}"#, 400),
+        ("POST", r#"{"id":"R 1","version":"4.0.0","targetCondition":"tags.x='y'"}"#, 400),
+        (
+            "POST",
+            r#"{"id":"r1","version":"4.0.0","targetCondition":"tags.x='y'","packageUri":"http://x/firmware/1"}"#,
+            400,
+        ),
+        ("POST", r#"{"id":"r1","version":"4.0.0","targetCondition":"tags.x = "}"#, 400),
+    ];
+    for (method, body, status) in cases {
+        let response = http
+            .request(method.parse().unwrap(), url("/firmware-rollouts"))
+            .header("authorization", &auth)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{body}");
+        assert!(response.headers().contains_key("iothub-errorcode"), "{body}");
+    }
+    for (method, path, status) in [
+        ("GET", "/firmware-rollouts/nope", 404),
+        ("GET", "/firmware-rollouts/nope/watch", 404),
+        ("POST", "/firmware-rollouts/nope/pause", 404),
+        ("DELETE", "/firmware-rollouts/nope", 404),
+    ] {
+        let response = http
+            .request(method.parse().unwrap(), url(path))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{method} {path}");
+    }
+    // No token, no rollouts.
+    let response = http.get(url("/firmware-rollouts")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    assert!(ok_json(&hub.cli(&["firmware", "rollout", "list"])).as_array().unwrap().is_empty());
+    assert!(std::fs::read_dir(hub.data_dir().join("rollouts")).unwrap().next().is_none());
+    // The same request, well formed, is accepted: the refusals were the input's.
+    let good = r#"{"id":"r1","version":"4.0.0","targetCondition":"tags.x='y'"}"#;
+    let response = http
+        .post(url("/firmware-rollouts"))
+        .header("authorization", &auth)
+        .header("content-type", "application/json")
+        .body(good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
 }

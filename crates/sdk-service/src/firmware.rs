@@ -90,6 +90,13 @@ impl ServiceClient {
         self.json(Method::GET, &path, query, None, None::<&()>).await
     }
 
+    /// Deletes a finished, halted or cancelled rollout with its
+    /// configurations (`DELETE /firmware-rollouts/{id}`).
+    pub async fn delete_rollout(&self, id: &str) -> Result<()> {
+        let path = format!("/firmware-rollouts/{}", encode(id));
+        self.send(Method::DELETE, &path, &[], None, None::<&()>).await.map(drop)
+    }
+
     /// Every rollout.
     pub async fn list_rollouts(&self) -> Result<Vec<Value>> {
         self.json(Method::GET, "/firmware-rollouts", &[], None, None::<&()>).await

@@ -647,6 +647,43 @@ impl Rollouts {
         Ok(self.present(rollout, false))
     }
 
+    /// `DELETE /firmware-rollouts/{id}`: a rollout that is not running or
+    /// paused goes with its configurations and its tags. Devices keep the
+    /// firmware they run; their desired `firmware` is handed back as for
+    /// any deleted configuration. The file goes last, so a crash midway
+    /// leaves a rollout that can be deleted again.
+    pub async fn delete(&self, id: &str) -> HubResult<()> {
+        let mut map = self.rollouts.lock().await;
+        let rollout = map.get(id).ok_or_else(|| not_found(id))?;
+        if matches!(rollout.progress.state, RolloutState::Running | RolloutState::Paused) {
+            return Err(HubError::new(
+                ErrorCode::InvalidOperation,
+                format!("Rollout {id} is still going; cancel it before deleting it"),
+            ));
+        }
+        let configs = std::iter::once(rollout.configuration_id.as_str())
+            .chain(rollout.rollback.iter().map(|g| g.configuration_id.as_str()).filter(|c| !c.is_empty()));
+        for config in configs {
+            match self.engine.delete(config, &IfMatch::Any).await {
+                Err(e) if e.code != ErrorCode::ConfigurationNotFound => return Err(e),
+                _ => {}
+            }
+        }
+        for m in rollout.progress.members.iter().filter(|m| m.phase != Phase::Waiting) {
+            let patch = json!({"tags": {"ferrohubRollouts": {id: null}, "ferrohubRollbacks": {id: null}}});
+            self.patch_tags(&m.device_id, &patch).await?;
+        }
+        match std::fs::remove_file(self.dir.join(format!("{id}.json"))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(internal(e)),
+            _ => {}
+        }
+        map.remove(id);
+        self.summaries.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        tracing::info!(id, "rollout deleted");
+        Ok(())
+    }
+
     /// Groups the devices handed the update by the version they joined at,
     /// each with the image of that version (same device type preferred).
     fn plan_rollback(&self, rollout: &Rollout) -> HubResult<Vec<RollbackGroup>> {

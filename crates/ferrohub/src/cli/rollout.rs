@@ -32,6 +32,9 @@ pub(crate) enum RolloutCommand {
     /// Stop a rollout and offer every device handed the update the version
     /// it reported when it joined.
     Rollback(RolloutIdArgs),
+    /// Delete a rollout that is not running or paused, with its
+    /// configurations and tags (devices keep the firmware they run).
+    Delete(RolloutIdArgs),
     /// Follow a rollout live: bars per state and per wave on a terminal,
     /// plain lines otherwise. Exits 0 when it succeeded, 2 when it halted,
     /// 3 when it was cancelled or rolled back, 1 on any error.
@@ -181,6 +184,11 @@ pub(crate) async fn run(command: RolloutCommand) -> anyhow::Result<Outcome> {
         RolloutCommand::Watch(a) => {
             let ctx = Context::resolve(&a.common)?;
             return Ok(Outcome::Exit(watch(&ctx.client()?, &a.id).await?));
+        }
+        RolloutCommand::Delete(a) => {
+            let ctx = Context::resolve(&a.common)?;
+            ctx.client()?.delete_rollout(&a.id).await?;
+            return Ok(Outcome::Nothing);
         }
         RolloutCommand::Pause(a) => (a.common, a.id, "pause"),
         RolloutCommand::Resume(a) => (a.common, a.id, "resume"),

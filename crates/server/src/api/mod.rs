@@ -82,7 +82,7 @@ pub fn router(state: State) -> Router {
         .route("/firmware-images/{sha}", get(firmware::show).delete(firmware::delete))
         .route("/firmware-key", get(firmware::public_key))
         .route("/firmware-rollouts", get(rollouts::list).post(rollouts::create))
-        .route("/firmware-rollouts/{id}", get(rollouts::get))
+        .route("/firmware-rollouts/{id}", get(rollouts::get).delete(rollouts::delete))
         .route("/firmware-rollouts/{id}/watch", get(rollouts::watch))
         .route("/firmware-rollouts/{id}/{action}", post(rollouts::act))
         .route("/$iothub/websocket", get(crate::mqtt::websocket))

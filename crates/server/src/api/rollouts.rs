@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State as AxState};
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use ferrohub_core::sas::Permission;
 use serde_json::Value;
 
@@ -39,6 +39,18 @@ pub(super) async fn get(
     authorize(&state, &headers, &[Permission::ServiceConnect])?;
     let members = query.get("members").is_none_or(|m| m != "false");
     json(&state.rollouts.get(&id, members).await?)
+}
+
+/// `DELETE /firmware-rollouts/{id}`: 204 once it and its configurations
+/// are gone.
+pub(super) async fn delete(
+    AxState(state): AxState<State>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &[Permission::ServiceConnect])?;
+    state.rollouts.delete(&id).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT.into_response())
 }
 
 /// `POST /firmware-rollouts/{id}/pause|resume|cancel|rollback`.
