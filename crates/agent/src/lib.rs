@@ -277,6 +277,32 @@ impl Agent {
         }
     }
 
+    /// Reports the current state, retrying while the client is between
+    /// connections (it reconnects by itself), so a rollback reaches the hub
+    /// as soon as it takes a connection again.
+    async fn report_until_sent(&self) {
+        let patch = self.reported();
+        tracing::info!(firmware = %patch["firmware"], "reporting");
+        let Some(client) = &self.client else { return };
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match client.update_reported(&patch).await {
+                Ok(_) => return,
+                Err(e) => {
+                    use ferrohub_device_client::Error as E;
+                    let transient = matches!(e, E::Timeout | E::NotConnected)
+                        || matches!(e, E::Hub { status, .. } if status == 429 || status >= 500);
+                    tracing::warn!(error = %e, transient, "reporting failed");
+                    if !transient {
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
     async fn set_status(&mut self, status: &str, substatus: &str) -> anyhow::Result<()> {
         status.clone_into(&mut self.state.status);
         substatus.clone_into(&mut self.state.substatus);
@@ -667,11 +693,11 @@ impl Agent {
         let reason = reason.strip_prefix("rolled back: ").unwrap_or(&reason).to_owned();
         self.state.status = "error".into();
         self.state.substatus.clone_from(&reason);
-        self.report().await;
+        self.report_until_sent().await;
         self.state.status = "rolledback".into();
         self.state.substatus = format!("rolled back: {reason}");
         self.save()?;
-        self.report().await;
+        self.report_until_sent().await;
         self.state.target = None;
         self.save()
     }
