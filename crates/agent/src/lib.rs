@@ -13,6 +13,13 @@
 //! - `download.part`: the image being downloaded (resumed with `Range`).
 //! - `slot-a`, `slot-b`: the two image slots.
 //! - `active`: the name of the active slot, replaced atomically.
+//! - `hub-key.pem`: the hub's manifest-signing key, pinned on first use when
+//!   no `--public-key` is given: the first update that needs it fetches
+//!   `GET /firmware-key` over HTTPS (verified against the hub CA, like the
+//!   downloads) with the device's own SAS token, from the connection
+//!   string's host on the package URI's port when the URI names that host
+//!   (else 443). Later starts read the pinned file and never fetch again; a
+//!   manifest that does not verify against it is refused.
 //!
 //! An update runs through the phases `downloading → downloaded → verified →
 //! writing → switched → rebooted`; each is recorded before the work it
@@ -20,6 +27,21 @@
 //! to the previous slot (if it had switched) and reports `error`, then
 //! `rolledback`; the active slot is never a half-written one. "Reboot"
 //! re-executes the agent with the same arguments.
+//!
+//! Without `--health-check`, the check after a reboot is "reconnect and
+//! report within 60 s" (`FERROHUB_AGENT_HEALTH_TIMEOUT_SECS` overrides the
+//! seconds): connection attempts are retried until then; when the time is
+//! up the agent switches back at once (durably), keeps trying to connect,
+//! and reports `error` then `rolledback` as soon as the hub takes the
+//! connection, in the same run. A rollback recorded but not yet reported is
+//! reported at the next start.
+//!
+//! Failpoints (`FERROHUB_AGENT_FAILPOINT`, for crash tests) SIGKILL the
+//! agent at `mid-download` (after about half of the image is in
+//! `download.part`, fsynced), `after-download`, `after-verify`, `mid-write`,
+//! `after-switch` and `after-reboot`; `refuse-reconnect` instead makes every
+//! connection attempt after a reboot use a wrong key until the health check's
+//! time is up, so the hub refuses them.
 
 pub mod sim;
 
@@ -42,8 +64,20 @@ use sha2::{Digest as _, Sha256};
 /// itself (for crash tests).
 pub const FAILPOINT_ENV: &str = "FERROHUB_AGENT_FAILPOINT";
 
+/// The environment variable overriding how many seconds the default health
+/// check (reconnect and report after a reboot) may take (default 60).
+pub const HEALTH_TIMEOUT_ENV: &str = "FERROHUB_AGENT_HEALTH_TIMEOUT_SECS";
+
 /// How long the default health check (reconnect and report) may take.
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The pinned hub signing key (trust on first use) in the state dir.
+pub const PINNED_KEY_FILE: &str = "hub-key.pem";
+
+/// The failpoint that makes the hub refuse every connection attempt after
+/// a reboot until the health check's time is up (the agent signs them with
+/// a wrong key); the only failpoint that does not kill.
+const REFUSE_RECONNECT: &str = "refuse-reconnect";
 
 /// How often a download is attempted (resuming) before it counts as failed.
 const DOWNLOAD_ATTEMPTS: u32 = 3;
@@ -117,9 +151,20 @@ fn now_iso() -> String {
     Timestamp::from_unix_nanos(i128::try_from(nanos).unwrap_or(0)).to_iso()
 }
 
+fn failpoint_is(point: &str) -> bool {
+    std::env::var(FAILPOINT_ENV).ok().as_deref() == Some(point)
+}
+
+fn health_timeout() -> Duration {
+    std::env::var(HEALTH_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .map_or(DEFAULT_HEALTH_TIMEOUT, Duration::from_secs)
+}
+
 /// SIGKILLs this process if `FERROHUB_AGENT_FAILPOINT` names `point`.
 fn failpoint(point: &str) {
-    if std::env::var(FAILPOINT_ENV).ok().as_deref() == Some(point) {
+    if failpoint_is(point) {
         tracing::warn!(point, "failpoint: killing myself");
         let pid = std::process::id().to_string();
         let _ = std::process::Command::new("kill").args(["-KILL", &pid]).status();
@@ -168,6 +213,14 @@ fn other_slot(slot: &str) -> &'static str {
     }
 }
 
+/// How [`Agent::connect`] retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    Once,
+    Until(tokio::time::Instant),
+    Forever,
+}
+
 /// Why an update failed (the substatus).
 type Failure = String;
 
@@ -177,6 +230,8 @@ struct Agent {
     key: Option<VerifyingKey>,
     client: Option<DeviceClient>,
     http: reqwest::Client,
+    /// When the default health check's time is up (set after a reboot).
+    health_deadline: Option<tokio::time::Instant>,
 }
 
 impl Agent {
@@ -219,6 +274,32 @@ impl Agent {
             if let Err(e) = client.update_reported(&patch).await {
                 tracing::warn!(error = %e, "reporting failed");
             }
+        }
+    }
+
+    /// Reports the current state, retrying while the client is between
+    /// connections (it reconnects by itself), so a rollback reaches the hub
+    /// as soon as it takes a connection again.
+    async fn report_until_sent(&self) {
+        let patch = self.reported();
+        tracing::info!(firmware = %patch["firmware"], "reporting");
+        let Some(client) = &self.client else { return };
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match client.update_reported(&patch).await {
+                Ok(_) => return,
+                Err(e) => {
+                    use ferrohub_device_client::Error as E;
+                    let transient = matches!(e, E::Timeout | E::NotConnected)
+                        || matches!(e, E::Hub { status, .. } if status == 429 || status >= 500);
+                    tracing::warn!(error = %e, transient, "reporting failed");
+                    if !transient {
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 
@@ -285,6 +366,9 @@ impl Agent {
             self.save()?;
             return Ok(Ok(()));
         };
+        if let Err(reason) = self.ensure_key(&target).await {
+            return Ok(Err(reason));
+        }
         loop {
             match self.state.phase {
                 Phase::Idle => return Ok(Ok(())),
@@ -345,6 +429,58 @@ impl Agent {
         }
     }
 
+    /// A device SAS token for the hub's HTTPS routes.
+    fn sas_token(&self) -> Result<String, String> {
+        let cs: ConnectionString = self.opts.connection_string.parse().map_err(|e| format!("{e}"))?;
+        let expiry = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) + 3600;
+        cs.sas_token(i64::try_from(expiry).unwrap_or(i64::MAX)).map_err(|e| format!("{e}"))
+    }
+
+    /// Without `--public-key` and without a pinned key, fetches the hub's
+    /// signing key once (trust on first use) and pins it in `hub-key.pem`.
+    async fn ensure_key(&mut self, target: &Target) -> Result<(), Failure> {
+        if self.key.is_some() || self.opts.public_key.is_some() {
+            return Ok(());
+        }
+        let key = self
+            .fetch_key(target)
+            .await
+            .map_err(|e| format!("no public key to verify the firmware manifest with: {e}"))?;
+        self.key = Some(key);
+        Ok(())
+    }
+
+    async fn fetch_key(&self, target: &Target) -> Result<VerifyingKey, String> {
+        let cs: ConnectionString = self.opts.connection_string.parse().map_err(|e| format!("{e}"))?;
+        let host = cs.host_name.as_str();
+        // The hub's HTTPS port is the package URI's when that names the
+        // hub, else 443.
+        let port = reqwest::Url::parse(&target.fw_package_uri)
+            .ok()
+            .filter(|u| u.host_str().is_some_and(|h| h.eq_ignore_ascii_case(host)))
+            .and_then(|u| u.port_or_known_default())
+            .unwrap_or(443);
+        let url = format!("https://{host}:{port}/firmware-key");
+        tracing::info!(%url, "fetching the hub's public key (trust on first use)");
+        let response = self
+            .http
+            .get(&url)
+            .header("authorization", self.sas_token()?)
+            .send()
+            .await
+            .map_err(|e| format!("fetching {url}: {e}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("fetching {url}: HTTP {}", status.as_u16()));
+        }
+        let pem = response.text().await.map_err(|e| format!("fetching {url}: {e}"))?;
+        let key = VerifyingKey::from_public_key_pem(pem.trim()).map_err(|e| format!("the hub's key: {e}"))?;
+        write_atomic(&self.path(PINNED_KEY_FILE), pem.as_bytes())
+            .map_err(|e| format!("pinning the hub's key: {e}"))?;
+        tracing::info!(file = PINNED_KEY_FILE, "pinned the hub's public key");
+        Ok(key)
+    }
+
     /// The signed manifest must verify and vouch for the desired values.
     fn check_manifest(&self, target: &Target) -> Result<ferrohub_core::firmware::FirmwareManifest, Failure> {
         let key = self.key.as_ref().ok_or("no public key to verify the firmware manifest with")?;
@@ -392,11 +528,10 @@ impl Agent {
         } else {
             have
         };
-        let cs: ConnectionString = self.opts.connection_string.parse().map_err(|e| format!("{e}"))?;
-        let expiry = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) + 3600;
-        let token = cs.sas_token(i64::try_from(expiry).unwrap_or(i64::MAX)).map_err(|e| format!("{e}"))?;
+        let token = self.sas_token()?;
         let mut request = self.http.get(&target.fw_package_uri).header("authorization", token);
         if have > 0 {
+            tracing::info!(offset = have, "resuming the download");
             request = request.header("range", format!("bytes={have}-"));
         }
         let mut response = request.send().await.map_err(|e| format!("{e}"))?;
@@ -414,11 +549,18 @@ impl Agent {
         };
         let mut got = if status == 206 { have } else { 0 };
         let mut last_pct = got * 100 / size.max(1);
+        let mut midpoint_passed = got * 2 >= size;
         while let Some(chunk) = response.chunk().await.map_err(|e| format!("{e}"))? {
             file.write_all(&chunk).map_err(|e| e.to_string())?;
             got += chunk.len() as u64;
             if got > size {
                 return Err("the download is larger than the manifest says".into());
+            }
+            if !midpoint_passed && got * 2 >= size && got < size {
+                midpoint_passed = true;
+                file.sync_all().map_err(|e| e.to_string())?;
+                tracing::info!(bytes = got, "downloaded half");
+                failpoint("mid-download");
             }
             let pct = got * 100 / size.max(1);
             if pct / 10 > last_pct / 10 {
@@ -510,10 +652,14 @@ impl Agent {
             None => {
                 let client = self.client.as_ref().context("not connected")?;
                 let patch = self.reported();
-                match tokio::time::timeout(HEALTH_TIMEOUT, client.update_reported(&patch)).await {
+                let deadline =
+                    self.health_deadline.unwrap_or_else(|| tokio::time::Instant::now() + health_timeout());
+                match tokio::time::timeout_at(deadline, client.update_reported(&patch)).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) => Err(format!("health check failed: {e}")),
-                    Err(_) => Err("health check failed: no report within 60 s".into()),
+                    Err(_) => {
+                        Err(format!("health check failed: no report within {} s", health_timeout().as_secs()))
+                    }
                 }
             }
         };
@@ -537,15 +683,79 @@ impl Agent {
     async fn roll_back(&mut self, reason: &str) -> anyhow::Result<()> {
         tracing::warn!(reason, "update failed; rolling back");
         self.roll_back_locally(reason)?;
-        let final_status = std::mem::take(&mut self.state.status);
+        self.report_roll_back().await
+    }
+
+    /// Reports a rollback recorded by [`Self::roll_back_locally`]: `error`
+    /// with the reason, then `rolledback`; then forgets the target.
+    async fn report_roll_back(&mut self) -> anyhow::Result<()> {
+        let reason = self.state.substatus.clone();
+        let reason = reason.strip_prefix("rolled back: ").unwrap_or(&reason).to_owned();
         self.state.status = "error".into();
-        self.report().await;
-        self.state.status = final_status;
+        self.state.substatus.clone_from(&reason);
+        self.report_until_sent().await;
+        self.state.status = "rolledback".into();
         self.state.substatus = format!("rolled back: {reason}");
         self.save()?;
-        self.report().await;
+        self.report_until_sent().await;
         self.state.target = None;
         self.save()
+    }
+
+    /// Connects to the hub. `Once` is one connect (which retries transient
+    /// failures for a while itself); `Until` retries until the default
+    /// health check's deadline (the error is the last attempt's); `Forever`
+    /// retries until the hub takes the connection.
+    async fn connect(&self, retry: Retry) -> anyhow::Result<DeviceClient> {
+        let deadline = match retry {
+            Retry::Until(deadline) => Some(deadline),
+            Retry::Once | Retry::Forever => None,
+        };
+        let mut delay = Duration::from_millis(250);
+        loop {
+            let mut options = DeviceOptions {
+                mqtt_port: self.opts.mqtt_port,
+                ca_file: self.opts.ca_file.clone(),
+                receive_methods: false,
+                receive_c2d: false,
+                ..DeviceOptions::default()
+            };
+            let mut cs = self.opts.connection_string.clone();
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                options.connect_timeout = options.connect_timeout.min(left);
+                if failpoint_is(REFUSE_RECONNECT) {
+                    cs = with_wrong_key(&cs);
+                }
+            }
+            let attempt = match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, DeviceClient::connect(&cs, options))
+                    .await
+                    .unwrap_or(Err(ferrohub_device_client::Error::Timeout)),
+                None => DeviceClient::connect(&cs, options).await,
+            };
+            match attempt {
+                Ok(client) => return Ok(client),
+                Err(e) => {
+                    tracing::warn!(error = %e, "connecting to the hub failed");
+                    if retry == Retry::Once {
+                        return Err(anyhow::Error::new(e).context("connecting to the hub"));
+                    }
+                    match deadline {
+                        Some(deadline) => {
+                            // Waits at most until the deadline; an attempt
+                            // then would only time out.
+                            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + delay)).await;
+                            if tokio::time::Instant::now() >= deadline {
+                                return Err(anyhow::Error::new(e).context("connecting to the hub"));
+                            }
+                        }
+                        None => tokio::time::sleep(delay).await,
+                    }
+                }
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
     }
 
     /// The durable part of a rollback: the previous slot active again, the
@@ -569,6 +779,20 @@ impl Agent {
     }
 }
 
+/// The connection string with a key the hub will refuse (for the
+/// `refuse-reconnect` failpoint).
+fn with_wrong_key(cs: &str) -> String {
+    cs.split(';')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("SharedAccessKey") => {
+                "SharedAccessKey=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_owned()
+            }
+            _ => kv.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
 fn http_client(ca_file: Option<&Path>) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(30));
     if let Some(ca) = ca_file {
@@ -585,10 +809,17 @@ fn http_client(ca_file: Option<&Path>) -> anyhow::Result<reqwest::Client> {
 pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     fs::create_dir_all(&opts.state_dir)
         .with_context(|| format!("creating the state dir {}", opts.state_dir.display()))?;
-    let key = match &opts.public_key {
+    // `--public-key`, else the key pinned on first use (fetched when the
+    // first update needs it).
+    let pinned = opts.state_dir.join(PINNED_KEY_FILE);
+    let key_file = opts.public_key.clone().or_else(|| pinned.exists().then_some(pinned));
+    let key = match &key_file {
         Some(path) => {
             let pem = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            Some(VerifyingKey::from_public_key_pem(pem.trim()).context("parsing the public key")?)
+            Some(
+                VerifyingKey::from_public_key_pem(pem.trim())
+                    .with_context(|| format!("parsing the public key in {}", path.display()))?,
+            )
         }
         None => None,
     };
@@ -603,7 +834,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         Err(e) => return Err(e).context("reading agent.json"),
     };
     let http = http_client(opts.ca_file.as_deref())?;
-    let mut agent = Agent { opts, state, key, client: None, http };
+    let mut agent = Agent { opts, state, key, client: None, http, health_deadline: None };
     if !agent.path("active").exists() {
         if !agent.path("slot-a").exists() {
             write_atomic(&agent.path("slot-a"), b"")?;
@@ -614,29 +845,35 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         let _ = fs::remove_file(agent.path("download.part"));
     }
 
-    let options = DeviceOptions {
-        mqtt_port: agent.opts.mqtt_port,
-        ca_file: agent.opts.ca_file.clone(),
-        receive_methods: false,
-        receive_c2d: false,
-        ..DeviceOptions::default()
-    };
-    let client = match DeviceClient::connect(&agent.opts.connection_string, options).await {
-        Ok(client) => client,
-        Err(e) => {
-            if agent.state.phase == Phase::Rebooted && agent.opts.health_check.is_none() {
-                // The default health check is reconnecting; it failed.
-                agent.roll_back_locally(&format!("health check failed: cannot reconnect: {e}"))?;
-                agent.state.target = None;
-                agent.save()?;
+    let client = if agent.state.phase == Phase::Rebooted && agent.opts.health_check.is_none() {
+        // The default health check: reconnect (and report) in time.
+        let deadline = tokio::time::Instant::now() + health_timeout();
+        agent.health_deadline = Some(deadline);
+        match agent.connect(Retry::Until(deadline)).await {
+            Ok(client) => client,
+            Err(e) => {
+                let reason = format!(
+                    "health check failed: cannot reconnect within {} s: {}",
+                    health_timeout().as_secs(),
+                    e.root_cause()
+                );
+                tracing::warn!(%reason, "update failed; rolling back");
+                agent.roll_back_locally(&reason)?;
+                // Reported as soon as the hub takes a connection.
+                agent.connect(Retry::Forever).await?
             }
-            return Err(anyhow::Error::new(e).context("connecting to the hub"));
         }
+    } else {
+        agent.connect(Retry::Once).await?
     };
     agent.client = Some(client.clone());
     let mut updates = client.desired_updates().context("desired updates unavailable")?;
 
-    if agent.state.phase == Phase::Idle {
+    if agent.state.phase == Phase::Idle && agent.state.status == "rolledback" && agent.state.target.is_some()
+    {
+        // A rollback recorded but not yet reported.
+        agent.report_roll_back().await?;
+    } else if agent.state.phase == Phase::Idle {
         agent.report().await;
     } else {
         tracing::info!(phase = ?agent.state.phase, "resuming an interrupted update");
@@ -666,6 +903,14 @@ mod tests {
         assert_eq!(fs::read_to_string(&path).unwrap(), "slot-b");
         assert!(!dir.join(".active.tmp").exists());
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_wrong_key_replaces_only_the_key() {
+        let cs = "HostName=h;DeviceId=d;SharedAccessKey=a2V5a2V5a2V5a2V5a2V5a2V5";
+        let wrong = with_wrong_key(cs);
+        assert!(wrong.starts_with("HostName=h;DeviceId=d;SharedAccessKey="), "{wrong}");
+        assert_ne!(wrong, cs);
     }
 
     #[test]

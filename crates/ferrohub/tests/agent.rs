@@ -1,6 +1,8 @@
 //! `ferrohub agent` against a real hub, as real processes: the happy path,
-//! refused images (tampered bytes, bad signature), a failing health check,
-//! and a SIGKILL at each failpoint followed by a restart. Every wait polls
+//! refused images (tampered bytes, bad signature), the hub's key pinned on
+//! first use (and a pinned key that does not match), a failing health check
+//! and a failed reconnect after the reboot, and a SIGKILL at each failpoint
+//! (mid-download included) followed by a restart. Every wait polls
 //! the twin (or the process) under a cap; there are no fixed sleeps.
 #![allow(clippy::unwrap_used)]
 
@@ -58,8 +60,21 @@ impl Device {
         std::fs::read(self.state().join(self.active())).unwrap()
     }
 
-    /// Starts the agent (stderr appended to `agent.log`).
+    /// Starts the agent with `--public-key` (stderr appended to `agent.log`).
     fn spawn(&self, hub: &TestHub, failpoint: Option<&str>, health_check: Option<&str>) -> Agent {
+        self.spawn_with(hub, failpoint, health_check, true, &[])
+    }
+
+    /// Starts the agent, with or without `--public-key`, with extra
+    /// environment variables.
+    fn spawn_with(
+        &self,
+        hub: &TestHub,
+        failpoint: Option<&str>,
+        health_check: Option<&str>,
+        public_key: bool,
+        env: &[(&str, &str)],
+    ) -> Agent {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -72,10 +87,12 @@ impl Device {
             .args(["--mqtt-port", &hub.mqtt_port().to_string()])
             .arg("--state-dir")
             .arg(self.state())
-            .arg("--public-key")
-            .arg(&self.public_key)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log));
+        if public_key {
+            cmd.arg("--public-key").arg(&self.public_key);
+        }
         if let Some(cmd_line) = health_check {
             cmd.args(["--health-check", cmd_line]);
         }
@@ -126,12 +143,18 @@ impl Device {
 struct Agent(Child);
 
 impl Agent {
-    /// Waits for the process to end (after a failpoint's SIGKILL).
+    /// Waits for the process to end by SIGKILL (after a failpoint).
     async fn wait_killed(&mut self, log: impl Fn() -> String) {
+        use std::os::unix::process::ExitStatusExt as _;
         let start = Instant::now();
         loop {
             if let Some(status) = self.0.try_wait().unwrap() {
-                assert!(!status.success(), "the agent exited normally: {status}");
+                assert_eq!(
+                    status.signal(),
+                    Some(libc::SIGKILL),
+                    "the agent was not killed: {status}\n{}",
+                    log()
+                );
                 return;
             }
             assert!(start.elapsed() < WAIT, "the agent did not die at its failpoint; log:\n{}", log());
@@ -305,33 +328,113 @@ async fn killed_at_then_restarted(point: &str) {
 }
 
 #[tokio::test]
-async fn an_interrupted_download_resumes_with_range() {
+async fn killed_mid_download_resumes_with_range() {
     let hub = TestHub::start();
     let dev = Device::new(&hub, "chiller-range").await;
-    let (image, desired) = upload(&hub, dev.dir.path(), "2.0.0", 2 * 1024 * 1024 + 11);
-    let mut agent = dev.spawn(&hub, Some("after-download"), None);
+    let (image, desired) = upload(&hub, dev.dir.path(), "2.0.0", 6 * 1024 * 1024 + 11);
+    let mut agent = dev.spawn(&hub, Some("mid-download"), None);
     dev.wait_reported(&hub, "the initial report", is_status("current")).await;
     dev.set_desired(&hub, &desired).await;
     agent.wait_killed(|| dev.log()).await;
     drop(agent);
-    // Make it a crash in the middle of the download: half the bytes on
-    // disk, the phase still `downloading`.
-    let part = dev.state().join("download.part");
-    let half = (image.len() / 2) as u64;
-    std::fs::OpenOptions::new().write(true).open(&part).unwrap().set_len(half).unwrap();
-    let state_file = dev.state().join("agent.json");
-    let mut state: Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
-    assert_eq!(state["phase"], "downloaded");
-    state["phase"] = json!("downloading");
-    std::fs::write(&state_file, serde_json::to_vec(&state).unwrap()).unwrap();
+    // Killed in the middle of the download: part of the bytes on disk, the
+    // phase still `downloading`, the old slot active.
+    let have = std::fs::metadata(dev.state().join("download.part")).unwrap().len();
+    assert!(have > 0 && have < image.len() as u64, "download.part holds {have} bytes");
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(dev.state().join("agent.json")).unwrap()).unwrap();
+    assert_eq!(state["phase"], "downloading");
+    assert_eq!(dev.active(), "slot-a");
 
     let _agent = dev.spawn(&hub, None, None);
     dev.wait_reported(&hub, "current at 2.0.0 after the restart", |fw| {
         fw["currentFwVersion"] == "2.0.0" && fw["fwUpdateStatus"] == "current"
     })
     .await;
-    assert!(dev.log().contains(&format!("offset={half} status=206")), "{}", dev.log());
+    let log = dev.log();
+    assert!(log.contains(&format!("resuming the download offset={have}")), "{log}");
+    assert!(log.contains(&format!("offset={have} status=206")), "{log}");
+    assert_eq!(dev.active(), "slot-b");
     assert!(dev.active_bytes() == image, "the active slot does not hold the image");
+    assert!(!dev.state().join("download.part").exists());
+}
+
+/// Another valid Ed25519 public key (RFC 8032's first test vector).
+const OTHER_KEY_PEM: &str =
+    "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=\n-----END PUBLIC KEY-----\n";
+
+#[tokio::test]
+async fn without_a_public_key_the_hub_key_is_pinned_on_first_use() {
+    let hub = TestHub::start();
+    let dev = Device::new(&hub, "chiller-tofu").await;
+    let (image, desired) = upload(&hub, dev.dir.path(), "2.0.0", 300 * 1024);
+    let _agent = dev.spawn_with(&hub, None, None, false, &[]);
+    dev.wait_reported(&hub, "the initial report", is_status("current")).await;
+    assert!(!dev.state().join("hub-key.pem").exists(), "fetched before an update needed it");
+    dev.set_desired(&hub, &desired).await;
+    dev.wait_reported(&hub, "current at 2.0.0", |fw| {
+        fw["currentFwVersion"] == "2.0.0" && fw["fwUpdateStatus"] == "current"
+    })
+    .await;
+    assert!(dev.active_bytes() == image, "the active slot does not hold the image");
+    let pinned = std::fs::read_to_string(dev.state().join("hub-key.pem")).unwrap();
+    assert_eq!(pinned.trim_end(), ok(&hub.cli(&["firmware", "public-key"])).trim_end());
+    // The reboot was a later start: it used the pinned key, fetching nothing.
+    let log = dev.log();
+    assert_eq!(log.matches("fetching the hub's public key").count(), 1, "{log}");
+    assert_eq!(log.matches("rebooting (re-executing the agent)").count(), 1, "{log}");
+}
+
+#[tokio::test]
+async fn a_pinned_key_that_does_not_match_refuses_updates() {
+    let hub = TestHub::start();
+    let dev = Device::new(&hub, "chiller-pinned").await;
+    let (_image, desired) = upload(&hub, dev.dir.path(), "2.0.0", 100 * 1024);
+    std::fs::create_dir_all(dev.state()).unwrap();
+    std::fs::write(dev.state().join("hub-key.pem"), OTHER_KEY_PEM).unwrap();
+    let _agent = dev.spawn_with(&hub, None, None, false, &[]);
+    dev.wait_reported(&hub, "the initial report", is_status("current")).await;
+    dev.set_desired(&hub, &desired).await;
+    let fw = dev.wait_reported(&hub, "rolledback", is_status("rolledback")).await;
+    assert!(fw["fwUpdateSubstatus"].as_str().unwrap().contains("signature"), "{fw}");
+    assert_eq!(fw["currentFwVersion"], "1.0.0");
+    assert_eq!(dev.active(), "slot-a");
+    assert!(!dev.state().join("slot-b").exists(), "a refused image reached a slot");
+    let statuses = dev.reported_statuses();
+    let error = statuses.iter().position(|s| s == "error").unwrap_or_else(|| panic!("{statuses:?}"));
+    assert!(statuses[error..].iter().any(|s| s == "rolledback"), "{statuses:?}");
+    // The pinned key is kept, never replaced by a fetch.
+    assert_eq!(std::fs::read_to_string(dev.state().join("hub-key.pem")).unwrap(), OTHER_KEY_PEM);
+    assert!(!dev.log().contains("fetching the hub's public key"), "{}", dev.log());
+}
+
+#[tokio::test]
+async fn no_reconnect_after_the_reboot_rolls_back_in_the_same_run() {
+    let hub = TestHub::start();
+    let dev = Device::new(&hub, "chiller-offline").await;
+    let (_image, desired) = upload(&hub, dev.dir.path(), "2.0.0", 200 * 1024);
+    // After the reboot the hub refuses every connection until the health
+    // check's 3 s are up.
+    let env = [("FERROHUB_AGENT_FAILPOINT", "refuse-reconnect"), ("FERROHUB_AGENT_HEALTH_TIMEOUT_SECS", "3")];
+    let mut agent = dev.spawn_with(&hub, None, None, true, &env);
+    dev.wait_reported(&hub, "the initial report", is_status("current")).await;
+    dev.set_desired(&hub, &desired).await;
+    let fw = dev.wait_reported(&hub, "rolledback", is_status("rolledback")).await;
+    assert!(fw["fwUpdateSubstatus"].as_str().unwrap().contains("cannot reconnect"), "{fw}");
+    assert_eq!(fw["currentFwVersion"], "1.0.0");
+    assert_eq!(fw["pendingFwVersion"], "2.0.0");
+    assert_eq!(dev.active(), "slot-a");
+    // The same run: the agent is still up, and the hub refused connections.
+    assert!(agent.0.try_wait().unwrap().is_none(), "the agent exited; log:\n{}", dev.log());
+    assert!(dev.log().contains("connecting to the hub failed"), "{}", dev.log());
+    let statuses = dev.reported_statuses();
+    let rebooting = statuses.iter().position(|s| s == "rebooting").unwrap();
+    let error = rebooting + statuses[rebooting..].iter().position(|s| s == "error").unwrap();
+    assert_eq!(statuses[error + 1..], ["rolledback"], "{statuses:?}");
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(dev.state().join("agent.json")).unwrap()).unwrap();
+    assert_eq!(state["phase"], "idle");
+    assert_eq!(state["currentVersion"], "1.0.0");
 }
 
 #[tokio::test]

@@ -132,6 +132,17 @@ async fn images_are_signed_and_downloads_resume_for_devices_only() {
         let res = req.send().await.unwrap();
         assert_eq!(res.status().as_u16(), 401, "{auth:?}");
     }
+
+    // A device may read the signing key with its own token (and nothing
+    // else of the service API); a token signed with another key may not.
+    let res = c.get(url(&hub, "/firmware-key")).header("authorization", &dev_token).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(res.text().await.unwrap(), pem);
+    let forged = token("dl", &other_key, now_unix() + 600);
+    let res = c.get(url(&hub, "/firmware-key")).header("authorization", &forged).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 401);
+    let res = c.get(url(&hub, "/firmware-images")).header("authorization", &dev_token).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 401);
     let unknown = c
         .get(url(&hub, &format!("/firmware/{}", "0".repeat(64))))
         .header("authorization", &dev_token)

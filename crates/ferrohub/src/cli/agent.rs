@@ -23,10 +23,17 @@ pub(crate) struct AgentArgs {
     #[arg(long, value_name = "DIR")]
     pub(crate) state_dir: PathBuf,
     /// The hub's manifest-signing key (`ferrohub firmware public-key`).
+    /// Without it the agent trusts on first use: the first update fetches
+    /// the key from the hub (GET /firmware-key over HTTPS verified against
+    /// the hub CA, with the device's own SAS token) and pins it in
+    /// DIR/hub-key.pem; later starts use the pinned file and never fetch
+    /// again (delete it to trust a new key).
     #[arg(long, value_name = "FILE")]
     pub(crate) public_key: Option<PathBuf>,
     /// Run after a reboot with `sh -c`; exit 0 = healthy
-    /// [default: reconnect and report within 60 s].
+    /// [default: reconnect and report within 60 s, or
+    /// FERROHUB_AGENT_HEALTH_TIMEOUT_SECS; on failure the agent switches
+    /// back and reports error, then rolledback, once it can connect].
     #[arg(long, value_name = "CMD")]
     pub(crate) health_check: Option<String>,
     /// The firmware version to report before the first update.

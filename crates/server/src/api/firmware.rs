@@ -1,6 +1,7 @@
 //! Firmware images: managed with service credentials at
 //! `/firmware-images`, downloaded by devices with their own SAS token at
-//! `/firmware/{sha256}` (with `Range`, so downloads resume).
+//! `/firmware/{sha256}` (with `Range`, so downloads resume). Devices may
+//! also read the signing key (`/firmware-key`) with that token.
 
 use std::collections::HashMap;
 
@@ -117,8 +118,20 @@ pub(super) async fn delete(
 }
 
 /// `GET /firmware-key`: the public key devices verify manifests with.
+/// Service tokens need ServiceConnect or RegistryRead; a device may read it
+/// too, with the token it downloads with (its own key, or a DeviceConnect
+/// policy token naming it), so an agent can pin the key on first use.
 pub(super) async fn public_key(AxState(state): AxState<State>, headers: HeaderMap) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::ServiceConnect, Permission::RegistryRead])?;
+    let device_token = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|h| SasToken::parse(h).ok())
+        .is_some_and(|t| t.device_identity().is_some());
+    if device_token {
+        authorize_device(&state, &headers).await?;
+    } else {
+        authorize(&state, &headers, &[Permission::ServiceConnect, Permission::RegistryRead])?;
+    }
     let mut r = state.firmware.public_key_pem()?.into_response();
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/x-pem-file"));
     Ok(r)
