@@ -53,46 +53,11 @@ const IMAGE_BYTES = 256 * 1024;
 const WAIT_MS = 60000; // any one polled condition
 const WATCH_MS = 120000; // `firmware rollout watch` from creation to success
 const CLI_MS = 30000; // any other CLI command
-const POLL_MS = 200;
 const STEP_MS = 50; // the chiller's pause per simulated step
 
-const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
+const { ok, waitFor: waitWithin } = require('../lib/wait');
 
-function describeError(err) {
-  if (!err) return String(err);
-  let text = `${err.constructor && err.constructor.name}: ${err.message}`;
-  if (err.response) text += ` (HTTP ${err.response.statusCode}, body ${JSON.stringify(err.responseBody)})`;
-  return text;
-}
-
-async function ok(promise, label) {
-  try {
-    return await promise;
-  } catch (err) {
-    throw new Error(`${label} failed: ${describeError(err)}`);
-  }
-}
-
-// Polls `probe` until it answers {done: true}; the last state it saw goes
-// into the timeout error.
-async function waitFor(label, probe, timeoutMs = WAIT_MS) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    try {
-      const answer = await probe();
-      last = answer.state;
-      if (answer.done) return answer.state;
-    } catch (err) {
-      last = `error: ${describeError(err)}`;
-    }
-    if (Date.now() >= deadline) {
-      throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${label}; last seen: ${
-        typeof last === 'string' ? last : JSON.stringify(last)}`);
-    }
-    await sleep(POLL_MS);
-  }
-}
+const waitFor = (label, probe, timeoutMs = WAIT_MS) => waitWithin(label, probe, timeoutMs);
 
 // Runs the ferrohub CLI to its end (killed at the cap); resolves with
 // {code, signal, stdout, stderr, ms}.

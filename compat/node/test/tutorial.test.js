@@ -49,7 +49,6 @@ const BACKEND_JS = path.join(__dirname, '..', 'tutorial', 'backend.js');
 const DEVICE_JS = path.join(__dirname, '..', 'tutorial', 'device.js');
 
 const WAIT_MS = 60000;
-const POLL_MS = 200;
 const STEP_MS = 50; // how long each simulated update step takes
 
 const config285 = backend.firmwareConfiguration();
@@ -64,43 +63,9 @@ const config290 = backend.firmwareConfiguration({
 const desired285 = config285.content.deviceContent['properties.desired.firmware'];
 const desired290 = config290.content.deviceContent['properties.desired.firmware'];
 
-const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
+const { POLL_MS, describeError, ok, waitFor: waitWithin } = require('../lib/wait');
 
-function describeError(err) {
-  if (!err) return String(err);
-  let text = `${err.constructor && err.constructor.name}: ${err.message}`;
-  if (err.response) text += ` (HTTP ${err.response.statusCode}, body ${JSON.stringify(err.responseBody)})`;
-  return text;
-}
-
-async function ok(promise, label) {
-  try {
-    return await promise;
-  } catch (err) {
-    throw new Error(`${label} failed: ${describeError(err)}`);
-  }
-}
-
-// Polls `probe` until it answers {done: true}; the last state it saw goes
-// into the timeout error.
-async function waitFor(label, probe, timeoutMs = WAIT_MS) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    try {
-      const answer = await probe();
-      last = answer.state;
-      if (answer.done) return answer.state;
-    } catch (err) {
-      last = `error: ${describeError(err)}`;
-    }
-    if (Date.now() >= deadline) {
-      throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${label}; last seen: ${
-        typeof last === 'string' ? last : JSON.stringify(last)}`);
-    }
-    await sleep(POLL_MS);
-  }
-}
+const waitFor = (label, probe, timeoutMs = WAIT_MS) => waitWithin(label, probe, timeoutMs);
 
 // The hub's host name, for the devices' connection strings.
 function hostName() {

@@ -99,6 +99,23 @@ pub struct Member {
     pub reason: String,
 }
 
+impl Member {
+    /// A member not handed the update yet.
+    fn waiting(device_id: String, wave: usize, from_version: Option<String>) -> Self {
+        Self {
+            device_id,
+            wave,
+            from_version,
+            phase: Phase::Waiting,
+            attempts: 0,
+            handed_at: 0,
+            handed_reported_version: 0,
+            soak_since: 0,
+            reason: String::new(),
+        }
+    }
+}
+
 /// What the hub currently knows of a member's twin.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observation {
@@ -298,16 +315,9 @@ impl Progress {
         let members = devices
             .into_iter()
             .enumerate()
-            .map(|(i, (device_id, from_version))| Member {
-                device_id,
-                wave: ends.iter().position(|end| i < *end).map_or(ends.len(), |p| p + 1),
-                from_version,
-                phase: Phase::Waiting,
-                attempts: 0,
-                handed_at: 0,
-                handed_reported_version: 0,
-                soak_since: 0,
-                reason: String::new(),
+            .map(|(i, (device_id, from_version))| {
+                let wave = ends.iter().position(|end| i < *end).map_or(ends.len(), |p| p + 1);
+                Member::waiting(device_id, wave, from_version)
             })
             .collect();
         Self { current_wave: 1, state: RolloutState::Running, reason: String::new(), members }
@@ -315,17 +325,7 @@ impl Progress {
 
     /// A device that started matching joins the current wave.
     pub fn join(&mut self, device_id: String, from_version: Option<String>) {
-        self.members.push(Member {
-            device_id,
-            wave: self.current_wave,
-            from_version,
-            phase: Phase::Waiting,
-            attempts: 0,
-            handed_at: 0,
-            handed_reported_version: 0,
-            soak_since: 0,
-            reason: String::new(),
-        });
+        self.members.push(Member::waiting(device_id, self.current_wave, from_version));
     }
 
     /// Counts per wave (index 0 = wave 1) and in total.

@@ -52,9 +52,10 @@ pub(crate) struct UploadArgs {
     pub(crate) common: Common,
 }
 
+/// An image named by version (and device type) or by SHA-256.
 #[derive(Debug, Args)]
-pub(crate) struct DesiredArgs {
-    /// The image by version.
+pub(crate) struct ImageArgs {
+    /// The image by version (see `firmware list`).
     #[arg(long = "version", id = "fw_version", value_name = "VERSION", required_unless_present = "sha256")]
     pub(crate) fw_version: Option<String>,
     /// With --version, when several images share it: the device type's.
@@ -63,15 +64,18 @@ pub(crate) struct DesiredArgs {
     /// The image by SHA-256 instead.
     #[arg(long, value_name = "SHA256", conflicts_with = "fw_version")]
     pub(crate) sha256: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DesiredArgs {
+    #[command(flatten)]
+    pub(crate) image: ImageArgs,
     #[command(flatten)]
     pub(crate) common: Common,
 }
 
 /// The one image `args` names.
-async fn select(
-    client: &ferrohub_service_client::ServiceClient,
-    args: &DesiredArgs,
-) -> anyhow::Result<Value> {
+async fn select(client: &ferrohub_service_client::ServiceClient, args: &ImageArgs) -> anyhow::Result<Value> {
     if let Some(sha) = &args.sha256 {
         return Ok(client.get_firmware(sha).await?);
     }
@@ -145,7 +149,7 @@ pub(crate) async fn run(command: FirmwareCommand) -> anyhow::Result<Outcome> {
         FirmwareCommand::Desired(args) => {
             let ctx = Context::resolve(&args.common)?;
             let client = ctx.client()?;
-            let record = select(&client, &args).await?;
+            let record = select(&client, &args.image).await?;
             let sha = record["sha256"].as_str().unwrap_or_default();
             let desired = serde_json::json!({
                 "fwVersion": record["version"],

@@ -10,7 +10,7 @@ use super::progress::{ProgressView, Row};
 
 use super::args::Common;
 use super::context::Context;
-use super::firmware::CommonOnly;
+use super::firmware::{CommonOnly, ImageArgs};
 use super::Outcome;
 
 #[derive(Debug, Subcommand)]
@@ -46,15 +46,8 @@ pub(crate) struct RolloutCreateArgs {
     /// The rollout id (lower-case letters, digits, '-', '_').
     #[arg(long = "rollout-id", visible_alias = "id", value_name = "ID")]
     pub(crate) id: String,
-    /// The image by version (see `firmware list`).
-    #[arg(long = "version", id = "fw_version", value_name = "VERSION", required_unless_present = "sha256")]
-    pub(crate) fw_version: Option<String>,
-    /// With --version, when several images share it: the device type's.
-    #[arg(long, value_name = "TYPE")]
-    pub(crate) device_type: Option<String>,
-    /// The image by SHA-256 instead.
-    #[arg(long, value_name = "SHA256", conflicts_with = "fw_version")]
-    pub(crate) sha256: Option<String>,
+    #[command(flatten)]
+    pub(crate) image: ImageArgs,
     /// Which devices, e.g. `tags.devicetype='chiller'`. Devices matching
     /// later join the current wave.
     #[arg(long, visible_alias = "tc", value_name = "CONDITION")]
@@ -160,9 +153,9 @@ pub(crate) async fn run(command: RolloutCommand) -> anyhow::Result<Outcome> {
                 "soakSeconds": args.soak,
             });
             let optional = [
-                ("version", args.fw_version.map(|v| json!(v))),
-                ("deviceType", args.device_type.map(|v| json!(v))),
-                ("sha256", args.sha256.map(|v| json!(v))),
+                ("version", args.image.fw_version.map(|v| json!(v))),
+                ("deviceType", args.image.device_type.map(|v| json!(v))),
+                ("sha256", args.image.sha256.map(|v| json!(v))),
                 ("maxPerMinute", args.max_per_minute.map(|v| json!(v))),
                 ("packageUri", args.package_uri.map(|v| json!(v))),
             ];
