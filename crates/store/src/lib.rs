@@ -41,7 +41,7 @@ pub struct DeviceCounts {
 }
 
 /// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The device does not exist.
     #[error("device not found")]
