@@ -27,6 +27,7 @@ use ferrohub_core::configuration::{
 use ferrohub_core::{HubError, HubResult};
 use ferrohub_query::{Expr, Query};
 use ferrohub_store::StoreError;
+use futures_util::StreamExt as _;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
@@ -113,6 +114,9 @@ impl Counts {
         }
     }
 }
+
+/// Devices evaluated at the same time in one burst.
+const EVALUATE_CONCURRENTLY: usize = 512;
 
 /// The engine of one hub.
 pub struct Engine {
@@ -215,13 +219,20 @@ impl Engine {
                 devices.extend(self.registry.index().ids());
             }
             let configs = self.snapshot();
-            for device_id in &devices {
-                if let Err(e) = self.evaluate(device_id, &configs).await {
-                    if e.code != ferrohub_core::ErrorCode::DeviceNotFound {
-                        tracing::warn!(device_id, %e, "configuration evaluation failed");
+            // Many devices at once: their writes share the store's group
+            // commits (one at a time, each would wait for its own fsync).
+            futures_util::stream::iter(&devices)
+                .for_each_concurrent(EVALUATE_CONCURRENTLY, |device_id| {
+                    let (engine, configs) = (&*self, &configs);
+                    async move {
+                        if let Err(e) = engine.evaluate(device_id, configs).await {
+                            if e.code != ferrohub_core::ErrorCode::DeviceNotFound {
+                                tracing::warn!(device_id, %e, "configuration evaluation failed");
+                            }
+                        }
                     }
-                }
-            }
+                })
+                .await;
             if all {
                 // Deltas keep the counts current; a full pass also recounts,
                 // as a safety net.

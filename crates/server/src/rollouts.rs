@@ -28,6 +28,7 @@ use ferrohub_core::firmware::FirmwareImage;
 use ferrohub_core::rollout::{Observation, Pacer, Phase, Policy, Progress, RolloutState, Tally};
 use ferrohub_core::{ErrorCode, HubError, HubResult};
 use ferrohub_query::Expr;
+use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::{watch, Mutex};
@@ -35,6 +36,9 @@ use tokio::sync::{watch, Mutex};
 use crate::configurations::Engine;
 use crate::firmware::{check_sha256, FirmwareStore};
 use crate::registry::{IfMatch, Registry};
+
+/// Twins tagged at the same time (their writes share group commits).
+const TAG_CONCURRENTLY: usize = 256;
 
 /// A group of devices returned to one earlier version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -303,13 +307,11 @@ impl Rollouts {
             let image = self.image(&rollout.sha256)?;
             self.create_configuration(rollout, &image).await?;
         }
-        for m in &rollout.progress.members {
-            match m.phase {
-                Phase::Waiting => {}
-                Phase::Retrying => self.tag(rollout, &m.device_id, None).await?,
-                _ => self.tag(rollout, &m.device_id, Some(m.wave)).await?,
-            }
-        }
+        let tags = rollout.progress.members.iter().filter(|m| m.phase != Phase::Waiting).map(|m| {
+            let wave = if m.phase == Phase::Retrying { None } else { Some(m.wave) };
+            (m.device_id.clone(), wave)
+        });
+        self.tag_all(rollout, tags).await?;
         if rollout.progress.state == RolloutState::RolledBack {
             self.establish_rollback(rollout).await?;
         }
@@ -343,6 +345,20 @@ impl Rollouts {
     async fn tag(&self, rollout: &Rollout, device_id: &str, wave: Option<usize>) -> HubResult<()> {
         let patch = json!({"tags": {"ferrohubRollouts": {rollout.id.clone(): wave}}});
         self.patch_tags(device_id, &patch).await
+    }
+
+    /// Tags many devices at once, so their writes share group commits.
+    async fn tag_all(
+        &self,
+        rollout: &Rollout,
+        tags: impl Iterator<Item = (String, Option<usize>)>,
+    ) -> HubResult<()> {
+        let results: Vec<HubResult<()>> = futures_util::stream::iter(tags)
+            .map(|(id, wave)| async move { self.tag(rollout, &id, wave).await })
+            .buffer_unordered(TAG_CONCURRENTLY)
+            .collect()
+            .await;
+        results.into_iter().collect()
     }
 
     async fn patch_tags(&self, device_id: &str, patch: &Value) -> HubResult<()> {
@@ -530,13 +546,11 @@ impl Rollouts {
                 tracing::info!(id = rollout.id, wave = rollout.progress.current_wave, state = ?rollout.progress.state, "rollout stepped");
             }
         }
-        for id in withdraw {
-            self.tag(rollout, &id, None).await?;
-        }
-        for (id, wave) in step.hand {
-            self.tag(rollout, &id, Some(wave)).await?;
-        }
-        Ok(())
+        let tags = withdraw
+            .into_iter()
+            .map(|id| (id, None))
+            .chain(step.hand.into_iter().map(|(id, w)| (id, Some(w))));
+        self.tag_all(rollout, tags).await
     }
 
     /// A rollout as the API shows it: its stored form plus counts per wave
