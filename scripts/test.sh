@@ -146,6 +146,8 @@ install_system_packages() {
   # and drop privileges with setpriv (util-linux).
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+  # The telemetry benchmark's smoke run compares against Debian's Mosquitto.
+  [[ -x /usr/sbin/mosquitto ]] || command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
   if ((${#missing[@]})); then
     apt_install "${missing[@]}"
   else
@@ -359,6 +361,18 @@ python_suite() {
   return "$rc"
 }
 
+# Each benchmark scenario at a tiny size, for seconds: keeps them building and
+# working. Their numbers mean nothing here (debug build, tiny sizes); the
+# measured ones are in BENCHMARKS.md.
+BENCH_SCENARIOS=(probe)
+bench_smoke() {
+  local bench="$CARGO_TARGET_DIR/debug/ferrohub-bench" scenario
+  for scenario in "${BENCH_SCENARIOS[@]}"; do
+    log "ferrohub-bench $scenario --smoke"
+    timeout --kill-after=10 300 "$bench" "$scenario" --smoke --out "$WORK/bench"
+  done
+}
+
 # --- run everything --------------------------------------------------------------
 
 step "install Debian packages (only what is missing)" install_system_packages
@@ -367,8 +381,11 @@ step "install pip packages (compat/python/requirements.txt)" install_python_pack
 step "cargo fmt --all -- --check" cargo fmt --all -- --check
 step "cargo clippy --workspace --all-targets -- -D warnings" \
   cargo clippy --workspace --all-targets -- -D warnings
-step "cargo build -p ferrohub (the binary the suites run)" cargo build -p ferrohub --bin ferrohub
+step "cargo build -p ferrohub -p ferrohub-bench (the binaries the suites run)" \
+  cargo build -p ferrohub --bin ferrohub -p ferrohub-bench --bin ferrohub-bench
 step "Rust tests (cargo nextest run --workspace)" rust_tests
+
+step "benchmark smoke runs (ferrohub-bench SCENARIO --smoke)" bench_smoke
 
 section "start ferrohub serve for the SDK compatibility suites"
 start=$SECONDS
