@@ -23,8 +23,10 @@ use ferrohub_mqtt::topic::Subscription;
 /// Writes to one device are serialised by one of these locks (chosen by a
 /// hash of the id), so desired-property notifications leave in `$version`
 /// order and concurrent writers rarely lose an optimistic race. The store's
-/// revision check still guards against other hub nodes.
-const STRIPES: usize = 256;
+/// revision check still guards against other hub nodes. The count also
+/// bounds how many writes can wait in one group commit of the store, so it
+/// is large (a lock is a few dozen bytes).
+const STRIPES: usize = 4096;
 
 /// How many times a write is recomputed after losing a race.
 const MAX_ATTEMPTS: usize = 16;
