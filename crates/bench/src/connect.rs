@@ -48,6 +48,7 @@ pub(crate) async fn run(args: &ConnectArgs) -> anyhow::Result<()> {
         count: n,
         desired: true,
         agent: false,
+        hold_reports: false,
         concurrency: args.concurrency,
     };
     let mut fleet = Fleet::start(&spec).await?;

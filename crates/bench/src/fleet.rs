@@ -61,6 +61,9 @@ pub(crate) struct Spec {
     /// Act as an instant firmware agent: on the first desired `firmware`
     /// report `fwUpdateStatus=current` with its `fwVersion` at once.
     pub(crate) agent: bool,
+    /// Agents hold their `current` report until [`Command::Report`].
+    #[serde(default)]
+    pub(crate) hold_reports: bool,
     /// Connection attempts in flight at once in this worker.
     pub(crate) concurrency: usize,
 }
@@ -77,12 +80,21 @@ pub(crate) enum Command {
     /// devices (0 = as fast as `inflight` per device allows) for
     /// `duration_ms`; answers `Load`.
     Reported { rate: f64, duration_ms: u64, inflight: u32 },
-    /// QoS 1 telemetry, `inflight` per device, for `duration_ms`; answers
+    /// QoS 1 telemetry at `rate` messages/s from this worker's devices (0 =
+    /// as fast as `inflight` per device allows) for `duration_ms`; answers
     /// `Load`.
-    Telemetry { duration_ms: u64, inflight: u32 },
+    Telemetry {
+        #[serde(default)]
+        rate: f64,
+        duration_ms: u64,
+        inflight: u32,
+    },
     /// Wait (at most `timeout_ms`) until every device has its desired
     /// firmware; answers `Arrivals`.
     Arrivals { timeout_ms: u64 },
+    /// Let held agents report `current` now and wait (at most
+    /// `timeout_ms`) until every report is answered; answers `Reported`.
+    Report { timeout_ms: u64 },
     /// Disconnect everything and exit; answers `Closed`.
     Close,
 }
@@ -119,6 +131,12 @@ pub(crate) enum Event {
         missing: u64,
         /// Devices whose `current` report failed.
         report_errors: u64,
+        first_error: Option<String>,
+    },
+    Reported {
+        /// Reports answered (acknowledged or failed).
+        done: u64,
+        errors: u64,
         first_error: Option<String>,
     },
     Closed,

@@ -21,14 +21,14 @@ pub(crate) struct ReportedArgs {
     pub(crate) devices: Option<usize>,
     /// Total offered rates in patches/s, in order; `max` = as fast as
     /// `--max-inflight` outstanding patches per device allow.
-    #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000,25000,50000,max")]
+    #[arg(long, value_delimiter = ',', default_value = "500,1000,2000,25000,50000,max")]
     pub(crate) rates: Vec<String>,
     /// Seconds per rate.
     #[arg(long, default_value_t = 10)]
     pub(crate) duration: u64,
     /// Outstanding patches per device at a fixed rate (an offered patch for
     /// a device at this limit is skipped and counted).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 1)]
     pub(crate) inflight: u32,
     /// Outstanding patches per device in the `max` step.
     #[arg(long, default_value_t = 1)]
@@ -59,6 +59,7 @@ pub(crate) async fn run(args: &ReportedArgs) -> anyhow::Result<()> {
         count: n,
         desired: true,
         agent: false,
+        hold_reports: false,
         concurrency: 128,
     };
     let mut fleet = Fleet::start(&spec).await?;

@@ -25,6 +25,11 @@ pub(crate) struct RolloutArgs {
     /// How long to wait for the patches and the metrics (s).
     #[arg(long, default_value_t = 120)]
     pub(crate) timeout: u64,
+    /// Each agent reports `current` as soon as its patch arrives (default:
+    /// all agents report at once after the last device has its patch, so
+    /// the two phases are timed apart).
+    #[arg(long)]
+    pub(crate) report_on_arrival: bool,
 }
 
 const CONFIG_ID: &str = "bench-rollout";
@@ -70,6 +75,7 @@ pub(crate) async fn run(args: &RolloutArgs) -> anyhow::Result<()> {
         count: n,
         desired: true,
         agent: true,
+        hold_reports: !args.report_on_arrival,
         concurrency: 128,
     };
     let mut fleet = Fleet::start(&spec).await?;
@@ -120,16 +126,35 @@ pub(crate) async fn run(args: &RolloutArgs) -> anyhow::Result<()> {
             }
         }
     };
+    let hold = !args.report_on_arrival;
     let arrivals = async {
         fleet.send_all(&Command::Arrivals { timeout_ms }).await?;
-        fleet.recv_all().await
+        let arrivals = fleet.recv_all().await?;
+        let arrived = Instant::now();
+        let hub_cpu_arrived = procfs::cpu_time(pid)?;
+        let mut reported = None;
+        if hold {
+            // Every device has its patch: now all agents report at once.
+            fleet.send_all(&Command::Report { timeout_ms }).await?;
+            let (mut done, mut errors) = (0, 0);
+            for event in fleet.recv_all().await? {
+                if let Event::Reported { done: d, errors: e, .. } = event {
+                    done += d;
+                    errors += e;
+                }
+            }
+            reported = Some((arrived.elapsed(), done, errors));
+        }
+        Ok::<_, anyhow::Error>((arrivals, arrived, hub_cpu_arrived, reported))
     };
-    let (watched, events) = tokio::join!(watch, arrivals);
+    let (watched, arrivals) = tokio::join!(watch, arrivals);
     let (all_current, last_snapshot) = watched?;
-    let hub_cpu = procfs::cpu_time(pid)?.saturating_sub(hub_cpu);
+    let (events, arrived, hub_cpu_arrived, reported) = arrivals?;
+    let hub_cpu_total = procfs::cpu_time(pid)?.saturating_sub(hub_cpu);
+    let hub_cpu_patches = hub_cpu_arrived.saturating_sub(hub_cpu);
 
     let (mut delays, mut missing, mut report_errors, mut agent_error) = (Vec::new(), 0, 0, None);
-    for event in events? {
+    for event in events {
         match event {
             Event::Arrivals { times_us, missing: m, report_errors: r, first_error } => {
                 delays.extend(
@@ -158,8 +183,20 @@ pub(crate) async fn run(args: &RolloutArgs) -> anyhow::Result<()> {
     report.decimal("patch arrival p50 (ms after create)", quantile_ms(&delays, 0.5), 1);
     report.decimal("patch arrival p99 (ms after create)", quantile_ms(&delays, 0.99), 1);
     report.decimal("patch arrival max (ms after create)", quantile_ms(&delays, 1.0), 1);
+    report.decimal("all patches arrived (s after create)", (arrived - created).as_secs_f64(), 2);
+    report.row("agents report", if hold { "all at once after the last arrival" } else { "each on arrival" });
+    if let Some((took, done, errors)) = reported {
+        report.decimal("all N current reports acknowledged (s after they started)", took.as_secs_f64(), 2);
+        report.row("current reports answered / failed", format!("{done} / {errors}"));
+    }
     match all_current {
-        Some(t) => report.decimal("metrics current = N (s after create)", t.as_secs_f64(), 2),
+        Some(t) => {
+            report.decimal("metrics current = N (s after create)", t.as_secs_f64(), 2);
+            if hold {
+                let after = t.saturating_sub(arrived - created);
+                report.decimal("metrics current = N (s after reports started)", after.as_secs_f64(), 2);
+            }
+        }
         None => {
             report.row("metrics current = N (s after create)", format!("not within {} s", timeout.as_secs()))
         }
@@ -170,7 +207,8 @@ pub(crate) async fn run(args: &RolloutArgs) -> anyhow::Result<()> {
     if let Some(e) = agent_error {
         report.row("first agent error", e);
     }
-    report.decimal("hub CPU create → all current (s)", hub_cpu.as_secs_f64(), 2);
+    report.decimal("hub CPU create → all patches arrived (s)", hub_cpu_patches.as_secs_f64(), 2);
+    report.decimal("hub CPU create → all current (s)", hub_cpu_total.as_secs_f64(), 2);
     report.row("generator processes (workers + parent)", (fleet.processes() + 1) as u64);
     report.finish(&args.common.out)?;
     fleet.close().await?;

@@ -39,6 +39,16 @@ pub(crate) struct TelemetryArgs {
     /// QoS 1 messages outstanding per device.
     #[arg(long, default_value_t = 1)]
     pub(crate) inflight: u32,
+    /// Total offered messages/s (0 = as fast as `--inflight` per device
+    /// allows).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) rate: f64,
+    /// QoS of Mosquitto's one subscriber. 0 by default: the hub's
+    /// `/events` reader does not acknowledge either, and at QoS 1 Mosquitto
+    /// sends a single subscriber at most 20 unacknowledged messages
+    /// (`max_inflight_messages`) and drops beyond 1,000 queued.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub(crate) subscriber_qos: u8,
     /// The Mosquitto binary.
     #[arg(long, default_value = "/usr/sbin/mosquitto")]
     pub(crate) mosquitto: PathBuf,
@@ -83,6 +93,7 @@ pub(crate) async fn run(args: &TelemetryArgs) -> anyhow::Result<()> {
         count: n,
         desired: false,
         agent: false,
+        hold_reports: false,
         concurrency: 128,
     };
 
@@ -99,18 +110,18 @@ pub(crate) async fn run(args: &TelemetryArgs) -> anyhow::Result<()> {
             }
         })
     };
-    let hub_run = drive(&spec, duration, args.inflight, &counter, pid).await?;
+    let hub_run = drive(&spec, duration, args, &counter, pid).await?;
     consumer.abort();
     hub.stop().await?;
 
     // Mosquitto, read by one MQTT subscriber.
     let mosquitto = Mosquitto::start(&args.mosquitto, &dir).await?;
     let counter = Arc::new(AtomicU64::new(0));
-    let subscriber = subscribe(&host, mosquitto.port, &ca, counter.clone()).await?;
+    let qos = if args.subscriber_qos == 1 { QoS::AtLeastOnce } else { QoS::AtMostOnce };
+    let subscriber = subscribe(&host, mosquitto.port, &ca, qos, counter.clone()).await?;
     let mosq_pid = mosquitto.child.id().unwrap_or(0);
     let mosq_run =
-        drive(&Spec { port: mosquitto.port, ..spec.clone() }, duration, args.inflight, &counter, mosq_pid)
-            .await?;
+        drive(&Spec { port: mosquitto.port, ..spec.clone() }, duration, args, &counter, mosq_pid).await?;
     subscriber.abort();
     mosquitto.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -118,7 +129,8 @@ pub(crate) async fn run(args: &TelemetryArgs) -> anyhow::Result<()> {
     let mut report = report::Report::new(
         "telemetry",
         json!({"devices": n, "hub_open_files_limit": limit, "duration_s": duration.as_secs(),
-               "inflight_per_device": args.inflight, "qos": 1, "smoke": args.common.smoke}),
+               "inflight_per_device": args.inflight, "qos": 1, "offered_rate": args.rate,
+               "mosquitto_subscriber_qos": args.subscriber_qos, "smoke": args.common.smoke}),
     );
     report.row("devices (N)", n as u64);
     report.row("hub open-files limit", limit);
@@ -162,7 +174,7 @@ pub(crate) async fn run(args: &TelemetryArgs) -> anyhow::Result<()> {
 async fn drive(
     spec: &Spec,
     duration: Duration,
-    inflight: u32,
+    args: &TelemetryArgs,
     counter: &AtomicU64,
     broker: u32,
 ) -> anyhow::Result<Run> {
@@ -176,7 +188,11 @@ async fn drive(
     let broker_cpu = procfs::cpu_time(broker)?;
     let gen_cpu = fleet::cpu_of(&fleet.pids());
     let before = counter.load(Ordering::Relaxed);
-    fleet.send_all(&Command::Telemetry { duration_ms, inflight }).await?;
+    let (total, n) = (args.rate, spec.count.max(1) as f64);
+    let inflight = args.inflight;
+    fleet
+        .send_each(|share| Command::Telemetry { rate: total * share as f64 / n, duration_ms, inflight })
+        .await?;
     tokio::time::sleep(duration).await;
     let in_window = counter.load(Ordering::Relaxed) - before;
     let broker_cpu = procfs::cpu_time(broker)?.saturating_sub(broker_cpu).as_secs_f64();
@@ -192,12 +208,13 @@ async fn drive(
     Ok(Run { load, delivered_in_window: in_window, delivered_total, broker_cpu, generator_cpu, connect_s })
 }
 
-/// One MQTT subscriber on `devices/+/messages/events/#` at QoS 1 counting
+/// One MQTT subscriber on `devices/+/messages/events/#` at `qos` counting
 /// messages; returns once the subscription is granted.
 async fn subscribe(
     host: &str,
     port: u16,
     ca: &Path,
+    qos: QoS,
     counter: Arc<AtomicU64>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let tls = ferrohub_device_client::tls_config(Some(ca), None)?;
@@ -208,7 +225,7 @@ async fn subscribe(
         .set_clean_session(true)
         .set_max_packet_size(300 * 1024, 300 * 1024);
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
-    client.subscribe("devices/+/messages/events/#", QoS::AtLeastOnce).await?;
+    client.subscribe("devices/+/messages/events/#", qos).await?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let event = tokio::time::timeout(Duration::from_secs(10), eventloop.poll())

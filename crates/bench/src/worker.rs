@@ -90,11 +90,28 @@ struct Device {
 }
 
 /// What the instant agents record.
-#[derive(Default)]
 struct Agents {
     arrivals: Mutex<Vec<u64>>,
     report_errors: AtomicU64,
     first_error: Mutex<Option<String>>,
+    /// Whether agents hold their `current` report until `go`.
+    hold: bool,
+    go: watch::Sender<bool>,
+    /// Reports finished (acknowledged or failed).
+    reports_done: watch::Sender<usize>,
+}
+
+impl Agents {
+    fn new(hold: bool) -> Self {
+        Self {
+            arrivals: Mutex::new(Vec::new()),
+            report_errors: AtomicU64::new(0),
+            first_error: Mutex::new(None),
+            hold,
+            go: watch::channel(false).0,
+            reports_done: watch::channel(0).0,
+        }
+    }
 }
 
 /// The worker's main loop.
@@ -104,7 +121,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     let mut spec: Option<Spec> = None;
     let mut options = DeviceOptions::default();
     let mut devices: Vec<Arc<Device>> = Vec::new();
-    let agents = Arc::new(Agents::default());
+    let mut agents = Arc::new(Agents::new(false));
     let (arrived_tx, _) = watch::channel(0usize);
     let arrived_tx = Arc::new(arrived_tx);
     while let Some(line) = lines.next_line().await? {
@@ -123,6 +140,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
                     operation_timeout: Duration::from_secs(120),
                     ..DeviceOptions::default()
                 };
+                agents = Arc::new(Agents::new(s.hold_reports));
                 spec = Some(s);
                 Event::Ready
             }
@@ -145,14 +163,14 @@ pub(crate) async fn run() -> anyhow::Result<()> {
                 drive(&devices, rate, inflight, tally.clone(), op).await;
                 tally.event()?
             }
-            Command::Telemetry { duration_ms, inflight } => {
+            Command::Telemetry { rate, duration_ms, inflight } => {
                 let window = Duration::from_millis(duration_ms);
                 let tally = Arc::new(Tally::new(Instant::now() + window));
                 let body = br#"{"temperature":21.5,"humidity":40,"bench":true}"#;
                 let op = move |device: Arc<Device>| async move {
                     device.client.send_telemetry(Message::new(body.to_vec()).json()).await
                 };
-                drive(&devices, 0.0, inflight, tally.clone(), op).await;
+                drive(&devices, rate, inflight, tally.clone(), op).await;
                 tally.event()?
             }
             Command::Arrivals { timeout_ms } => {
@@ -166,6 +184,19 @@ pub(crate) async fn run() -> anyhow::Result<()> {
                     missing: (want - times_us.len().min(want)) as u64,
                     times_us,
                     report_errors: agents.report_errors.load(Ordering::Relaxed),
+                    first_error: lock(&agents.first_error).clone(),
+                }
+            }
+            Command::Report { timeout_ms } => {
+                agents.go.send_replace(true);
+                let mut rx = agents.reports_done.subscribe();
+                let want = devices.len();
+                let _ = tokio::time::timeout(Duration::from_millis(timeout_ms), rx.wait_for(|n| *n >= want))
+                    .await;
+                let done = *agents.reports_done.borrow();
+                Event::Reported {
+                    done: done as u64,
+                    errors: agents.report_errors.load(Ordering::Relaxed),
                     first_error: lock(&agents.first_error).clone(),
                 }
             }
@@ -246,11 +277,16 @@ fn start_agent(client: &DeviceClient, agents: Arc<Agents>, arrived: Arc<watch::S
             let Some(version) = firmware.get("fwVersion").and_then(Value::as_str) else { continue };
             lock(&agents.arrivals).push(unix_us());
             arrived.send_modify(|n| *n += 1);
+            if agents.hold {
+                let mut go = agents.go.subscribe();
+                let _ = go.wait_for(|go| *go).await;
+            }
             let patch = json!({"firmware": {"fwUpdateStatus": "current", "currentFwVersion": version}});
             if let Err(e) = client.update_reported(&patch).await {
                 agents.report_errors.fetch_add(1, Ordering::Relaxed);
                 lock(&agents.first_error).get_or_insert_with(|| e.to_string());
             }
+            agents.reports_done.send_modify(|n| *n += 1);
             break;
         }
         // Keep the stream (and so the subscription's sink) alive.
