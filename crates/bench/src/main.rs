@@ -12,6 +12,15 @@ mod hub;
 mod procfs;
 mod report;
 
+// Load scenarios (connect, reported, rollout, telemetry) and their worker
+// processes.
+mod connect;
+mod fleet;
+mod reported;
+mod rollout;
+mod telemetry;
+mod worker;
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -59,6 +68,25 @@ impl Common {
 enum Scenario {
     /// Start a hub and print what a scenario would use (a self-check).
     Probe(Common),
+
+    // --- load scenarios: connections, reported patches, rollout, telemetry ---
+    /// Open and hold N TLS MQTT connections: connect rate, hub RSS per
+    /// connection, hub CPU.
+    Connect(connect::ConnectArgs),
+    /// Reported-property patches at several offered rates: achieved durable
+    /// patches/s and acknowledgement latency.
+    Reported(reported::ReportedArgs),
+    /// A configuration targeting N connected devices: time until each has
+    /// its desired patch and until the metrics show them all `current`.
+    Rollout(rollout::RolloutArgs),
+    /// Device-to-cloud QoS 1 throughput through ferrohub and through
+    /// Mosquitto, one consumer each.
+    Telemetry(telemetry::TelemetryArgs),
+    /// One load-generator process (spawned by the scenarios; JSON lines on
+    /// stdin/stdout).
+    #[command(hide = true)]
+    Worker,
+    // --- end of load scenarios ---
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,10 +94,21 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
+    if matches!(cli.scenario, Scenario::Worker) {
+        // One thread per worker process: the parallelism comes from the
+        // processes, and the hub needs the cores more.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        return runtime.block_on(worker::run());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         match cli.scenario {
             Scenario::Probe(common) => probe(&common).await,
+            Scenario::Connect(args) => connect::run(&args).await,
+            Scenario::Reported(args) => reported::run(&args).await,
+            Scenario::Rollout(args) => rollout::run(&args).await,
+            Scenario::Telemetry(args) => telemetry::run(&args).await,
+            Scenario::Worker => worker::run().await,
         }
     })
 }
