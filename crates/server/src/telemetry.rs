@@ -18,8 +18,9 @@ use tokio::sync::broadcast;
 const MAX_EVENTS: usize = 10_000;
 /// Most payload bytes kept for replay.
 const MAX_BYTES: usize = 64 * 1024 * 1024;
-/// How far a live reader may fall behind before it skips.
-const LIVE_BACKLOG: usize = 4096;
+/// How far a live reader may fall behind before it skips (pointers to
+/// shared events; a burst of a few seconds at tens of thousands per second).
+const LIVE_BACKLOG: usize = 65_536;
 
 /// One telemetry message as the hub received it.
 #[derive(Debug)]
