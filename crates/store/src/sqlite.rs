@@ -1,9 +1,8 @@
 //! The embedded SQLite backend: one file in the data dir, nothing to install.
 //!
 //! SQLite allows one writer at a time, so writes go to a single connection
-//! owned by one writer thread; reads use a small pool of their own
-//! connections (on tokio's blocking pool), which WAL mode lets run beside
-//! the writer. `synchronous=FULL` makes a commit durable before it returns,
+//! owned by one writer thread; reads go round-robin to a few reader threads
+//! with their own connections, which WAL mode lets run beside the writer. `synchronous=FULL` makes a commit durable before it returns,
 //! which is what lets the API acknowledge a write only after it is safe
 //! (SIGKILL or power loss).
 //!
@@ -16,7 +15,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use ferrohub_core::identity::Device;
@@ -40,8 +39,22 @@ pub struct SqliteStore {
 
 struct Inner {
     writes: std::sync::mpsc::Sender<Job>,
-    readers: Vec<Mutex<Connection>>,
+    readers: Vec<std::sync::mpsc::Sender<ReadJob>>,
     next_reader: AtomicUsize,
+}
+
+/// Runs on a reader connection and answers its caller itself.
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
+/// A reader thread: its own read-only connection, one query at a time
+/// (a fixed set of threads, rather than tokio's blocking pool, keeps the
+/// hub from piling hundreds of threads onto a few connections).
+fn read_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<ReadJob>) {
+    while let Ok(job) = jobs.recv() {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&conn))).is_err() {
+            tracing::error!("store: a read panicked");
+        }
+    }
 }
 
 /// Runs once on the writer connection (inside its savepoint); tells
@@ -119,14 +132,19 @@ impl SqliteStore {
         configure(&writer)?;
         migrations::migrate(&mut writer)?;
         let readers = (0..READERS)
-            .map(|_| {
+            .map(|i| {
                 let c = Connection::open_with_flags(
                     path,
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )
                 .map_err(backend)?;
                 c.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
-                Ok(Mutex::new(c))
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::Builder::new()
+                    .name(format!("ferrohub-store-reader-{i}"))
+                    .spawn(move || read_loop(c, rx))
+                    .map_err(backend)?;
+                Ok(tx)
             })
             .collect::<StoreResult<Vec<_>>>()?;
         let (writes, jobs) = std::sync::mpsc::channel();
@@ -142,14 +160,13 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let i = inner.next_reader.fetch_add(1, Ordering::Relaxed) % inner.readers.len();
-            let conn = inner.readers[i].lock().map_err(|_| backend("reader lock poisoned"))?;
-            f(&conn)
-        })
-        .await
-        .map_err(backend)?
+        let (tx, rx) = tokio::sync::oneshot::channel::<StoreResult<T>>();
+        let job: ReadJob = Box::new(move |conn| {
+            let _ = tx.send(f(conn));
+        });
+        let i = self.inner.next_reader.fetch_add(1, Ordering::Relaxed) % self.inner.readers.len();
+        self.inner.readers[i].send(job).map_err(|_| backend("the store reader has stopped"))?;
+        rx.await.map_err(|_| backend("the store reader dropped a read"))?
     }
 
     /// Runs `f` in the next batch; resolves once the batch is durably
