@@ -28,6 +28,29 @@ use ferrohub_mqtt::topic::Subscription;
 /// is large (a lock is a few dozen bytes).
 const STRIPES: usize = 4096;
 
+/// Records kept per stripe for the next write (see [`Stripe`]).
+const CACHED_PER_STRIPE: usize = 64;
+
+/// One write lock and the records most recently written under it.
+///
+/// A write reads the record, changes it and stores it with a revision
+/// check. The read is served from here when this hub wrote the record last
+/// (the cache is only touched under the lock, so it is never older than the
+/// store for writes made by this hub); another writer — another hub node —
+/// makes the revision check fail, which drops the entry and re-reads. Plain
+/// reads (REST GETs, twin GETs) always go to the store.
+type Stripe = tokio::sync::Mutex<std::collections::HashMap<String, DeviceRecord>>;
+
+fn remember(cache: &mut std::collections::HashMap<String, DeviceRecord>, record: &DeviceRecord) {
+    if cache.len() >= CACHED_PER_STRIPE && !cache.contains_key(&record.device.device_id) {
+        // Any entry will do: the next write of that device reads the store.
+        if let Some(victim) = cache.keys().next().cloned() {
+            cache.remove(&victim);
+        }
+    }
+    cache.insert(record.device.device_id.clone(), record.clone());
+}
+
 /// How many times a write is recomputed after losing a race.
 const MAX_ATTEMPTS: usize = 16;
 
@@ -56,7 +79,7 @@ impl IfMatch {
 pub struct Registry {
     store: Arc<dyn Store>,
     presence: Arc<Presence>,
-    stripes: Arc<Vec<tokio::sync::Mutex<()>>>,
+    stripes: Arc<Vec<Stripe>>,
     /// Where twin changes are announced (the configuration engine).
     changes: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<crate::configurations::Work>>>,
     /// Every twin's query document, kept current by every write here.
@@ -111,7 +134,7 @@ fn minted(now: Timestamp, key: &mut dyn FnMut() -> String) -> Minted<'_> {
 impl Registry {
     /// A registry over a store, pushing changes to `presence`'s connections.
     pub fn new(store: Arc<dyn Store>, presence: Arc<Presence>) -> Self {
-        let stripes = Arc::new((0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect());
+        let stripes = Arc::new((0..STRIPES).map(|_| Stripe::default()).collect());
         Self { store, presence, stripes, changes: Arc::default(), index: Arc::default() }
     }
 
@@ -171,7 +194,7 @@ impl Registry {
         &self.presence
     }
 
-    fn stripe(&self, device_id: &str) -> &tokio::sync::Mutex<()> {
+    fn stripe(&self, device_id: &str) -> &Stripe {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         device_id.hash(&mut h);
@@ -201,11 +224,14 @@ impl Registry {
         if let Some(patch) = twin_patch {
             twin.apply_service_patch(patch, now)?;
         }
-        let record = DeviceRecord { device, twin, revision: 0 };
+        let mut record = DeviceRecord { device, twin, revision: 0 };
         {
-            let _serial = self.stripe(device_id).lock().await;
+            let mut cache = self.stripe(device_id).lock().await;
             self.store.create_device(&record).await.map_err(|e| store_error(e, device_id))?;
+            // The store starts revisions at 1.
+            record.revision = 1;
             self.index.put(&record);
+            remember(&mut cache, &record);
         }
         tracing::info!(device_id, "device created");
         self.changed(device_id);
@@ -233,6 +259,9 @@ impl Registry {
         req: DeviceRequest,
         if_match: &IfMatch,
     ) -> HubResult<Device> {
+        // The identity PUT answers with the current cloud-to-device queue
+        // count, which the store computes on reads: no cached record here.
+        self.stripe(device_id).lock().await.remove(device_id);
         let device = self
             .modify(device_id, |record| {
                 if_match.check(&record.device.etag)?;
@@ -255,7 +284,9 @@ impl Registry {
 
     /// Deletes a device (and its twin) under an If-Match precondition.
     pub async fn delete_device(&self, device_id: &str, if_match: &IfMatch) -> HubResult<()> {
-        let _serial = self.stripe(device_id).lock().await;
+        let mut cache = self.stripe(device_id).lock().await;
+        // Deleting checks the revision read from the store itself.
+        cache.remove(device_id);
         for _ in 0..MAX_ATTEMPTS {
             let record = self.load(device_id).await?;
             if_match.check(&record.device.etag)?;
@@ -400,9 +431,12 @@ impl Registry {
         mut change: impl FnMut(&mut DeviceRecord) -> HubResult<bool>,
         mut committed: impl FnMut(&DeviceRecord),
     ) -> HubResult<DeviceRecord> {
-        let _serial = self.stripe(device_id).lock().await;
+        let mut cache = self.stripe(device_id).lock().await;
         for _ in 0..MAX_ATTEMPTS {
-            let mut record = self.load(device_id).await?;
+            let mut record = match cache.get(device_id) {
+                Some(cached) => cached.clone(),
+                None => self.load(device_id).await?,
+            };
             if !change(&mut record)? {
                 return Ok(record);
             }
@@ -410,10 +444,18 @@ impl Registry {
                 Ok(()) => {
                     record.revision += 1;
                     self.index.put(&record);
+                    remember(&mut cache, &record);
                     committed(&record);
                     return Ok(record);
                 }
-                Err(StoreError::Conflict) => continue,
+                Err(StoreError::Conflict) => {
+                    cache.remove(device_id);
+                    continue;
+                }
+                Err(StoreError::NotFound) => {
+                    cache.remove(device_id);
+                    return Err(HubError::device_not_found(device_id));
+                }
                 Err(e) => return Err(store_error(e, device_id)),
             }
         }
