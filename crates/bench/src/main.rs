@@ -10,7 +10,10 @@
 
 mod hub;
 mod procfs;
+mod query;
 mod report;
+mod seed;
+mod startup;
 
 use std::path::PathBuf;
 
@@ -59,6 +62,13 @@ impl Common {
 enum Scenario {
     /// Start a hub and print what a scenario would use (a self-check).
     Probe(Common),
+    // Data scenarios (seed, query, startup).
+    /// Bulk-loads twins into a stopped hub's data dir through the store.
+    Seed(seed::SeedArgs),
+    /// Query latency (two-clause COUNT, GROUP BY) and metric freshness over M twins.
+    Query(query::QueryArgs),
+    /// Time from start to ready with M twins in the store.
+    Startup(startup::StartupArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,6 +80,19 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.scenario {
             Scenario::Probe(common) => probe(&common).await,
+            // Data scenarios.
+            Scenario::Seed(args) => {
+                let took = seed::seed(&args).await?;
+                println!(
+                    "seeded {} twins into {} in {:.1} s",
+                    args.twins,
+                    args.data_dir.display(),
+                    took.as_secs_f64()
+                );
+                Ok(())
+            }
+            Scenario::Query(args) => query::run(args).await,
+            Scenario::Startup(args) => startup::run(args).await,
         }
     })
 }

@@ -127,6 +127,41 @@ pub struct Engine {
     generation: watch::Sender<u64>,
 }
 
+/// Records per page when the index is filled at start.
+const LOAD_PAGE: usize = 16_384;
+
+/// Fills the twin index from the store page by page: one task reads and
+/// decodes the next page while the current one is rendered (on every core),
+/// and no more than a few pages of records are held at once.
+async fn load_index(registry: &Registry) -> anyhow::Result<()> {
+    let (tx, mut rx) = mpsc::channel(2);
+    let store = registry.store().clone();
+    let reader = tokio::spawn(async move {
+        let mut after: Option<String> = None;
+        loop {
+            let page = store.devices_after(after.as_deref(), LOAD_PAGE).await;
+            let last = match &page {
+                Ok(p) if p.len() == LOAD_PAGE => p.last().map(|r| r.device.device_id.clone()),
+                _ => None,
+            };
+            if tx.send(page).await.is_err() {
+                return;
+            }
+            match last {
+                Some(id) => after = Some(id),
+                None => return,
+            }
+        }
+    });
+    while let Some(page) = rx.recv().await {
+        let page = page.map_err(|e| anyhow::anyhow!("loading twins: {e}"))?;
+        let index = registry.index().clone();
+        tokio::task::spawn_blocking(move || index.load(page)).await?;
+    }
+    reader.await?;
+    Ok(())
+}
+
 /// Runs `f` with the query language's syntax checks. A plain function, so
 /// the (non-Send) checker references never live across an await.
 fn with_checks<T>(f: impl FnOnce(&QueryChecks<'_>) -> T) -> T {
@@ -166,9 +201,7 @@ impl Engine {
                 Loaded::new(config, stored.revision).map_err(|e| anyhow::anyhow!("{}", e.message))?;
             engine.configs_mut().insert(stored.id.clone(), Arc::new(loaded));
         }
-        let records = registry.store().all_devices().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        registry.index().load(&records);
-        drop(records);
+        load_index(&registry).await?;
         let weak = Arc::downgrade(&engine);
         registry.index().set_observer(Arc::new(move |old, new| {
             if let Some(engine) = weak.upgrade() {
@@ -411,6 +444,16 @@ impl Engine {
     /// Rows of a query over every twin (for `POST /devices/query`), from
     /// the in-memory documents.
     pub fn query(&self, query: &Query) -> HubResult<ferrohub_query::QueryResult> {
+        if counts_only(query) {
+            if let Some(n) = self.registry.index().count_covered(query.filter.as_ref()) {
+                // The posting lists decide the WHERE clause and the rows
+                // themselves are never read: count without touching them.
+                let unfiltered = Query { filter: None, ..query.clone() };
+                let blank = Value::Null;
+                return ferrohub_query::execute(&unfiltered, std::iter::repeat_n(&blank, n))
+                    .map_err(|e| HubError::invalid(e.message));
+            }
+        }
         let (docs, covered) = self.registry.index().candidates(query.filter.as_ref());
         let result = if covered {
             // The index answered the WHERE clause exactly: don't evaluate it
@@ -422,4 +465,14 @@ impl Engine {
         };
         result.map_err(|e| HubError::invalid(e.message))
     }
+}
+
+/// True for `SELECT COUNT() [, COUNT() …] FROM devices [WHERE …]` without
+/// GROUP BY: its answer depends only on how many rows pass the WHERE clause.
+fn counts_only(query: &Query) -> bool {
+    use ferrohub_query::{Aggregate, Collection, Select, SelectExpr};
+    query.from == Collection::Devices
+        && query.group_by.is_empty()
+        && matches!(&query.select, Select::Items(items) if !items.is_empty()
+            && items.iter().all(|i| matches!(i.expr, SelectExpr::Aggregate(Aggregate::Count))))
 }

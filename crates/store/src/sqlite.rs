@@ -206,6 +206,35 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn create_devices_bulk(&self, records: &[DeviceRecord]) -> StoreResult<()> {
+        let rows = records
+            .iter()
+            .map(|r| {
+                let (identity, twin) = encode(r)?;
+                Ok((r.device.device_id.clone(), status_text(r.device.status), identity, twin))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        self.write(move |c| {
+            let tx = c.transaction().map_err(backend)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO devices (device_id, revision, status, identity, twin) VALUES (?1, 1, ?2, ?3, ?4)
+                         ON CONFLICT (device_id) DO NOTHING",
+                    )
+                    .map_err(backend)?;
+                for (id, status, identity, twin) in &rows {
+                    if stmt.execute(params![id, status, identity, twin]).map_err(backend)? == 0 {
+                        // Dropping the transaction rolls the batch back.
+                        return Err(StoreError::AlreadyExists);
+                    }
+                }
+            }
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
     async fn update_device(&self, record: &DeviceRecord) -> StoreResult<()> {
         let (identity, twin) = encode(record)?;
         let id = record.device.device_id.clone();
@@ -399,6 +428,27 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn devices_after(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<DeviceRecord>> {
+        // Device ids are never empty, so "" sorts before every one of them.
+        let after = after.unwrap_or_default().to_owned();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT identity, twin, revision FROM devices WHERE device_id > ?1 ORDER BY device_id LIMIT ?2",
+                )
+                .map_err(backend)?;
+            let mut rows = stmt.query(params![after, limit as i64]).map_err(backend)?;
+            let mut out = Vec::with_capacity(limit.min(65_536));
+            while let Some(r) = rows.next().map_err(backend)? {
+                let identity: String = r.get(0).map_err(backend)?;
+                let twin: String = r.get(1).map_err(backend)?;
+                out.push(decode_record(identity, twin, r.get(2).map_err(backend)?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn list_configurations(&self) -> StoreResult<Vec<StoredConfiguration>> {
         self.read(|c| {
             let mut stmt = c
@@ -536,6 +586,44 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("hub.db")).unwrap();
         (dir, store)
+    }
+
+    #[tokio::test]
+    async fn devices_after_pages_through_every_record_in_id_order() {
+        let (_d, s) = open();
+        let batch: Vec<_> = (0..25).rev().map(|i| record(&format!("d{i:02}"))).collect();
+        s.create_devices_bulk(&batch).await.unwrap();
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = s.devices_after(after.as_deref(), 10).await.unwrap();
+            assert!(page.len() <= 10);
+            seen.extend(page.iter().map(|r| r.device.device_id.clone()));
+            match page.last() {
+                Some(last) if page.len() == 10 => after = Some(last.device.device_id.clone()),
+                _ => break,
+            }
+        }
+        let all: Vec<_> = s.all_devices().await.unwrap().into_iter().map(|r| r.device.device_id).collect();
+        assert_eq!(seen, all);
+        assert_eq!(seen.len(), 25);
+        assert!(s.devices_after(Some("d24"), 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn bulk_create_stores_all_or_nothing() {
+        let (_d, s) = open();
+        let batch: Vec<_> = (0..50).map(|i| record(&format!("d{i:03}"))).collect();
+        s.create_devices_bulk(&batch).await.unwrap();
+        assert_eq!(s.device_counts().await.unwrap().total, 50);
+        let got = s.get_device("d007").await.unwrap().unwrap();
+        assert_eq!((got.device.device_id.as_str(), got.revision), ("d007", 1));
+        // One existing id refuses the whole batch.
+        let clash = vec![record("new1"), record("d010"), record("new2")];
+        assert!(matches!(s.create_devices_bulk(&clash).await, Err(StoreError::AlreadyExists)));
+        assert!(s.get_device("new1").await.unwrap().is_none());
+        assert_eq!(s.device_counts().await.unwrap().total, 50);
+        s.create_devices_bulk(&[]).await.unwrap();
     }
 
     #[tokio::test]
