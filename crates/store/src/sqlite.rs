@@ -128,6 +128,40 @@ fn decode_record(identity: String, twin: String, revision: i64) -> StoreResult<D
     })
 }
 
+/// Decodes stored rows on every core (a page of a full read is thousands
+/// of JSON documents), keeping their order.
+fn decode_parallel(raw: Vec<(String, String, i64)>) -> StoreResult<Vec<DeviceRecord>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+    if threads == 1 || raw.len() < 1_024 {
+        return raw.into_iter().map(|(i, t, rev)| decode_record(i, t, rev)).collect();
+    }
+    let chunk = raw.len().div_ceil(threads);
+    let mut parts = Vec::with_capacity(threads);
+    let mut rest = raw;
+    while rest.len() > chunk {
+        let tail = rest.split_off(chunk);
+        parts.push(std::mem::replace(&mut rest, tail));
+    }
+    parts.push(rest);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|part| {
+                scope.spawn(move || {
+                    part.into_iter()
+                        .map(|(i, t, rev)| decode_record(i, t, rev))
+                        .collect::<StoreResult<Vec<_>>>()
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.extend(h.join().map_err(|_| backend("a decoding thread panicked"))??);
+        }
+        Ok(out)
+    })
+}
+
 fn encode(record: &DeviceRecord) -> StoreResult<(String, String)> {
     Ok((
         serde_json::to_string(&record.device).map_err(backend)?,
@@ -437,14 +471,14 @@ impl Store for SqliteStore {
                     "SELECT identity, twin, revision FROM devices WHERE device_id > ?1 ORDER BY device_id LIMIT ?2",
                 )
                 .map_err(backend)?;
-            let mut rows = stmt.query(params![after, limit as i64]).map_err(backend)?;
-            let mut out = Vec::with_capacity(limit.min(65_536));
-            while let Some(r) = rows.next().map_err(backend)? {
-                let identity: String = r.get(0).map_err(backend)?;
-                let twin: String = r.get(1).map_err(backend)?;
-                out.push(decode_record(identity, twin, r.get(2).map_err(backend)?)?);
-            }
-            Ok(out)
+            let raw = stmt
+                .query_map(params![after, limit as i64], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                })
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            decode_parallel(raw)
         })
         .await
     }
@@ -591,23 +625,31 @@ mod tests {
     #[tokio::test]
     async fn devices_after_pages_through_every_record_in_id_order() {
         let (_d, s) = open();
-        let batch: Vec<_> = (0..25).rev().map(|i| record(&format!("d{i:02}"))).collect();
+        let batch: Vec<_> = (0..2_500).rev().map(|i| record(&format!("d{i:04}"))).collect();
         s.create_devices_bulk(&batch).await.unwrap();
         let mut seen = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let page = s.devices_after(after.as_deref(), 10).await.unwrap();
-            assert!(page.len() <= 10);
+            let page = s.devices_after(after.as_deref(), 1_100).await.unwrap();
+            assert!(page.len() <= 1_100);
             seen.extend(page.iter().map(|r| r.device.device_id.clone()));
             match page.last() {
-                Some(last) if page.len() == 10 => after = Some(last.device.device_id.clone()),
+                Some(last) if page.len() == 1_100 => after = Some(last.device.device_id.clone()),
                 _ => break,
             }
         }
         let all: Vec<_> = s.all_devices().await.unwrap().into_iter().map(|r| r.device.device_id).collect();
         assert_eq!(seen, all);
-        assert_eq!(seen.len(), 25);
-        assert!(s.devices_after(Some("d24"), 10).await.unwrap().is_empty());
+        assert_eq!(seen.len(), 2_500);
+        assert!(s.devices_after(Some("d2499"), 10).await.unwrap().is_empty());
+        let some: Vec<_> = s
+            .devices_after(Some("d0007"), 3)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.device.device_id)
+            .collect();
+        assert_eq!(some, ["d0008", "d0009", "d0010"]);
     }
 
     #[tokio::test]
