@@ -9,9 +9,12 @@
 //! Equality lookups: the first query that filters on `path = constant` (as
 //! one of the terms ANDed at the top of its WHERE) builds a value index for
 //! that path, kept current by every later write; queries then evaluate only
-//! the documents in the smallest matching posting list. Values are read with
-//! the query crate's own evaluator, so the index agrees with it on case,
-//! types and missing properties.
+//! the documents in the intersection of the posting lists. Values are read
+//! with the query crate's own evaluator, so the index agrees with it on
+//! case, types and missing properties. Devices live in numbered slots, so
+//! posting lists are sets of small integers, and a `COUNT()` that the
+//! posting lists decide never reads a document
+//! ([`TwinIndex::count_covered`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock, RwLock};
