@@ -10,7 +10,10 @@
 
 mod hub;
 mod procfs;
+mod query;
 mod report;
+mod seed;
+mod startup;
 
 // Load scenarios (connect, reported, rollout, telemetry) and their worker
 // processes.
@@ -87,6 +90,13 @@ enum Scenario {
     #[command(hide = true)]
     Worker,
     // --- end of load scenarios ---
+    // Data scenarios (seed, query, startup).
+    /// Bulk-loads twins into a stopped hub's data dir through the store.
+    Seed(seed::SeedArgs),
+    /// Query latency (two-clause COUNT, GROUP BY) and metric freshness over M twins.
+    Query(query::QueryArgs),
+    /// Time from start to ready with M twins in the store.
+    Startup(startup::StartupArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -109,6 +119,19 @@ fn main() -> anyhow::Result<()> {
             Scenario::Rollout(args) => rollout::run(&args).await,
             Scenario::Telemetry(args) => telemetry::run(&args).await,
             Scenario::Worker => worker::run().await,
+            // Data scenarios.
+            Scenario::Seed(args) => {
+                let took = seed::seed(&args).await?;
+                println!(
+                    "seeded {} twins into {} in {:.1} s",
+                    args.twins,
+                    args.data_dir.display(),
+                    took.as_secs_f64()
+                );
+                Ok(())
+            }
+            Scenario::Query(args) => query::run(args).await,
+            Scenario::Startup(args) => startup::run(args).await,
         }
     })
 }

@@ -24,6 +24,7 @@ use ferrohub_core::configuration::{
     self, apply_configurations, Configuration, ConfigurationRequest, DeviceContent, QueryChecks,
     TestQueriesRequest, TestQueriesResult,
 };
+use ferrohub_core::identity::ConnectionState;
 use ferrohub_core::{HubError, HubResult};
 use ferrohub_query::{Expr, Query};
 use ferrohub_store::StoreError;
@@ -131,6 +132,62 @@ pub struct Engine {
     generation: watch::Sender<u64>,
 }
 
+/// Records per page when the index is filled at start.
+const LOAD_PAGE: usize = 16_384;
+
+/// Fills the twin index from the store page by page: one task reads and
+/// decodes the next page while the current one is rendered (on every core),
+/// and no more than a few pages of records are held at once.
+///
+/// Devices stored as connected (the hub stopped while they were) are
+/// loaded as disconnected, and only then are their stored states reset:
+/// the common case (none) costs no second pass over the table.
+async fn load_index(registry: &Registry) -> anyhow::Result<()> {
+    let (tx, mut rx) = mpsc::channel(2);
+    let store = registry.store().clone();
+    let reader = tokio::spawn(async move {
+        let mut after: Option<String> = None;
+        loop {
+            let page = store.devices_after(after.as_deref(), LOAD_PAGE).await;
+            let last = match &page {
+                Ok(p) if p.len() == LOAD_PAGE => p.last().map(|r| r.device.device_id.clone()),
+                _ => None,
+            };
+            if tx.send(page).await.is_err() {
+                return;
+            }
+            match last {
+                Some(id) => after = Some(id),
+                None => return,
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let (mut twins, mut connected) = (0, 0);
+    while let Some(page) = rx.recv().await {
+        let mut page = page.map_err(|e| anyhow::anyhow!("loading twins: {e}"))?;
+        twins += page.len();
+        for r in &mut page {
+            if r.device.connection_state == ConnectionState::Connected {
+                r.device.connection_state = ConnectionState::Disconnected;
+                connected += 1;
+            }
+        }
+        let index = registry.index().clone();
+        tokio::task::spawn_blocking(move || index.load(page)).await?;
+    }
+    reader.await?;
+    if connected > 0 {
+        registry
+            .store()
+            .disconnect_all()
+            .await
+            .map_err(|e| anyhow::anyhow!("resetting connection states: {e}"))?;
+    }
+    tracing::info!(twins, connected, ms = started.elapsed().as_millis() as u64, "twin index loaded");
+    Ok(())
+}
+
 /// Runs `f` with the query language's syntax checks. A plain function, so
 /// the (non-Send) checker references never live across an await.
 fn with_checks<T>(f: impl FnOnce(&QueryChecks<'_>) -> T) -> T {
@@ -170,9 +227,7 @@ impl Engine {
                 Loaded::new(config, stored.revision).map_err(|e| anyhow::anyhow!("{}", e.message))?;
             engine.configs_mut().insert(stored.id.clone(), Arc::new(loaded));
         }
-        let records = registry.store().all_devices().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        registry.index().load(&records);
-        drop(records);
+        load_index(&registry).await?;
         let weak = Arc::downgrade(&engine);
         registry.index().set_observer(Arc::new(move |old, new| {
             if let Some(engine) = weak.upgrade() {
@@ -422,6 +477,16 @@ impl Engine {
     /// Rows of a query over every twin (for `POST /devices/query`), from
     /// the in-memory documents.
     pub fn query(&self, query: &Query) -> HubResult<ferrohub_query::QueryResult> {
+        if counts_only(query) {
+            if let Some(n) = self.registry.index().count_covered(query.filter.as_ref()) {
+                // The posting lists decide the WHERE clause and the rows
+                // themselves are never read: count without touching them.
+                let unfiltered = Query { filter: None, ..query.clone() };
+                let blank = Value::Null;
+                return ferrohub_query::execute(&unfiltered, std::iter::repeat_n(&blank, n))
+                    .map_err(|e| HubError::invalid(e.message));
+            }
+        }
         let (docs, covered) = self.registry.index().candidates(query.filter.as_ref());
         let result = if covered {
             // The index answered the WHERE clause exactly: don't evaluate it
@@ -432,5 +497,59 @@ impl Engine {
             ferrohub_query::execute(query, docs.iter().map(|d| d.as_ref()))
         };
         result.map_err(|e| HubError::invalid(e.message))
+    }
+}
+
+/// True for `SELECT COUNT() [, COUNT() …] FROM devices [WHERE …]` without
+/// GROUP BY: its answer depends only on how many rows pass the WHERE clause.
+fn counts_only(query: &Query) -> bool {
+    use ferrohub_query::{Aggregate, Collection, Select, SelectExpr};
+    query.from == Collection::Devices
+        && query.group_by.is_empty()
+        && matches!(&query.select, Select::Items(items) if !items.is_empty()
+            && items.iter().all(|i| matches!(i.expr, SelectExpr::Aggregate(Aggregate::Count))))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use ferrohub_core::identity::{Device, DeviceRequest, Minted};
+    use ferrohub_core::time::Timestamp;
+    use ferrohub_core::twin::TwinState;
+    use ferrohub_store::{DeviceRecord, SqliteStore, Store};
+
+    fn record(id: &str, state: ConnectionState) -> DeviceRecord {
+        let now = Timestamp::from_unix_nanos(1_700_000_000_000_000_000);
+        let mut key = || "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_owned();
+        let mut device = Device::create(
+            id,
+            DeviceRequest::default(),
+            Minted { now, etag: "MQ==".into(), generation_id: "1".into(), new_key: &mut key },
+        )
+        .unwrap();
+        device.connection_state = state;
+        DeviceRecord { device, twin: TwinState::new(now), revision: 1 }
+    }
+
+    /// Devices stored as connected start disconnected, in the store and in
+    /// the index; every stored twin is loaded.
+    #[tokio::test]
+    async fn start_loads_every_twin_and_resets_connection_states() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("hub.db")).unwrap();
+        let mut records: Vec<_> =
+            (0..LOAD_PAGE + 10).map(|i| record(&format!("d{i:06}"), ConnectionState::Disconnected)).collect();
+        records[3] = record("d000003", ConnectionState::Connected);
+        records[LOAD_PAGE + 5] = record(&format!("d{:06}", LOAD_PAGE + 5), ConnectionState::Connected);
+        store.create_devices_bulk(&records).await.unwrap();
+        let registry = Registry::new(Arc::new(store.clone()), Arc::default());
+        let _engine = Engine::start(registry.clone(), Duration::from_secs(3600)).await.unwrap();
+        assert_eq!(registry.index().ids().len(), LOAD_PAGE + 10);
+        for id in ["d000003".to_owned(), format!("d{:06}", LOAD_PAGE + 5), "d000004".to_owned()] {
+            assert_eq!(registry.index().get(&id).unwrap()["connectionState"], "Disconnected", "{id}");
+            let stored = store.get_device(&id).await.unwrap().unwrap();
+            assert_eq!(stored.device.connection_state, ConnectionState::Disconnected, "{id}");
+        }
     }
 }

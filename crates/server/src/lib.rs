@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ferrohub_core::connection_string::ConnectionString;
-use ferrohub_store::{SqliteStore, Store as _};
+use ferrohub_store::SqliteStore;
 
 pub use options::ServeOptions;
 
@@ -86,8 +86,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let https = listen::bind_https(&addrs, opts.https_port, defaults)?;
     let mqtt = listen::bind_mqtt(&addrs, opts.mqtt_port, defaults)?;
 
-    // Whatever was connected when the hub last stopped is not any more.
-    store.disconnect_all().await.map_err(|e| anyhow::anyhow!("resetting connection states: {e}"))?;
+    // Whatever was connected when the hub last stopped is not any more: the
+    // engine resets those connection states while it loads the twins.
     let presence = Arc::new(presence::Presence::default());
     let registry = registry::Registry::new(Arc::new(store), presence.clone());
     let full_pass = opts.config_eval_interval.unwrap_or(DEFAULT_FULL_PASS);

@@ -9,9 +9,12 @@
 //! Equality lookups: the first query that filters on `path = constant` (as
 //! one of the terms ANDed at the top of its WHERE) builds a value index for
 //! that path, kept current by every later write; queries then evaluate only
-//! the documents in the smallest matching posting list. Values are read with
-//! the query crate's own evaluator, so the index agrees with it on case,
-//! types and missing properties.
+//! the documents in the intersection of the posting lists. Values are read
+//! with the query crate's own evaluator, so the index agrees with it on
+//! case, types and missing properties. Devices live in numbered slots, so
+//! posting lists are sets of small integers, and a `COUNT()` that the
+//! posting lists decide never reads a document
+//! ([`TwinIndex::count_covered`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -78,10 +81,30 @@ fn only_equalities(e: &Expr) -> bool {
     }
 }
 
-/// Device ids by value key, for one path.
+/// A hasher for slot numbers (dense `u32`s): one multiply, no SipHash.
+#[derive(Default, Clone, Copy)]
+struct SlotHasher(u64);
+
+impl std::hash::Hasher for SlotHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type SlotSet = HashSet<u32, std::hash::BuildHasherDefault<SlotHasher>>;
+
+/// Slots by value key, for one path.
 #[derive(Default)]
 struct ValueIndex {
-    by_value: HashMap<String, HashSet<String>>,
+    by_value: HashMap<String, SlotSet>,
 }
 
 impl ValueIndex {
@@ -89,16 +112,16 @@ impl ValueIndex {
         ferrohub_query::evaluate(&Expr::Path(path.clone()), doc).as_ref().and_then(value_key)
     }
 
-    fn insert(&mut self, path: &Path, id: &str, doc: &Value) {
+    fn insert(&mut self, path: &Path, slot: u32, doc: &Value) {
         if let Some(k) = Self::key_of(path, doc) {
-            self.by_value.entry(k).or_default().insert(id.to_owned());
+            self.by_value.entry(k).or_default().insert(slot);
         }
     }
 
-    fn remove(&mut self, path: &Path, id: &str, doc: &Value) {
+    fn remove(&mut self, path: &Path, slot: u32, doc: &Value) {
         if let Some(k) = Self::key_of(path, doc) {
             if let Some(set) = self.by_value.get_mut(&k) {
-                set.remove(id);
+                set.remove(&slot);
                 if set.is_empty() {
                     self.by_value.remove(&k);
                 }
@@ -107,14 +130,72 @@ impl ValueIndex {
     }
 }
 
+/// One device: its id and current document.
+struct Entry {
+    id: String,
+    doc: Arc<Value>,
+}
+
+/// Devices live in numbered slots (reused after deletes), so posting lists
+/// hold small integers instead of id strings.
 #[derive(Default)]
 struct Inner {
-    docs: HashMap<String, Arc<Value>>,
+    slot_of: HashMap<String, u32>,
+    slots: Vec<Option<Entry>>,
+    free: Vec<u32>,
     indexes: HashMap<Path, ValueIndex>,
+}
+
+impl Inner {
+    fn docs(&self) -> impl Iterator<Item = &Arc<Value>> {
+        self.slots.iter().flatten().map(|e| &e.doc)
+    }
+
+    fn doc(&self, slot: u32) -> Option<&Arc<Value>> {
+        self.slots.get(slot as usize).and_then(Option::as_ref).map(|e| &e.doc)
+    }
+
+    /// Stores `doc` for `id`; returns its slot and the document it replaced.
+    fn put(&mut self, id: &str, doc: Arc<Value>) -> (u32, Option<Arc<Value>>) {
+        if let Some(&slot) = self.slot_of.get(id) {
+            if let Some(Some(entry)) = self.slots.get_mut(slot as usize) {
+                return (slot, Some(std::mem::replace(&mut entry.doc, doc)));
+            }
+        }
+        let entry = Entry { id: id.to_owned(), doc };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(entry);
+                slot
+            }
+            None => {
+                self.slots.push(Some(entry));
+                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        self.slot_of.insert(id.to_owned(), slot);
+        (slot, None)
+    }
+
+    fn remove(&mut self, id: &str) -> Option<(u32, Arc<Value>)> {
+        let slot = self.slot_of.remove(id)?;
+        let entry = self.slots.get_mut(slot as usize)?.take()?;
+        self.free.push(slot);
+        Some((slot, entry.doc))
+    }
 }
 
 /// Called with (old, new) documents of one device on every change.
 pub(crate) type Observer = Arc<dyn Fn(Option<&Value>, Option<&Value>) + Send + Sync>;
+
+/// What the posting lists say about a WHERE clause.
+enum Lookup {
+    /// No usable `path = constant` term: every document is a candidate.
+    All,
+    /// The slots in the intersection of the terms' posting lists; `covered`
+    /// when that intersection is exactly the answer.
+    Slots { slots: Vec<u32>, covered: bool },
+}
 
 /// The documents by device id.
 #[derive(Default)]
@@ -138,10 +219,37 @@ impl TwinIndex {
     }
 
     /// Fills the index from stored records (at start; no observer calls).
-    pub(crate) fn load(&self, records: &[DeviceRecord]) {
+    /// Documents are rendered on every core, taking the records apart.
+    pub(crate) fn load(&self, records: Vec<DeviceRecord>) {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+        let chunk = records.len().div_ceil(threads).max(1);
+        let mut parts = Vec::with_capacity(threads);
+        let mut records = records;
+        while records.len() > chunk {
+            let rest = records.split_off(chunk);
+            parts.push(std::mem::replace(&mut records, rest));
+        }
+        parts.push(records);
+        let rendered: Vec<Vec<(String, Arc<Value>)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = parts
+                .into_iter()
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.into_iter()
+                            .map(|r| {
+                                let DeviceRecord { device, twin, .. } = r;
+                                let doc = Arc::new(twin.into_json(&device));
+                                (device.device_id, doc)
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+        });
         let mut inner = self.write();
-        for r in records {
-            inner.docs.insert(r.device.device_id.clone(), Arc::new(r.twin.to_json(&r.device)));
+        for (id, doc) in rendered.into_iter().flatten() {
+            inner.put(&id, doc);
         }
     }
 
@@ -150,12 +258,12 @@ impl TwinIndex {
         let doc = Arc::new(record.twin.to_json(&record.device));
         let id = &record.device.device_id;
         let mut inner = self.write();
-        let old = inner.docs.insert(id.clone(), doc.clone());
+        let (slot, old) = inner.put(id, doc.clone());
         for (path, index) in &mut inner.indexes {
             if let Some(old) = &old {
-                index.remove(path, id, old);
+                index.remove(path, slot, old);
             }
-            index.insert(path, id, &doc);
+            index.insert(path, slot, &doc);
         }
         if let Some(observe) = self.observer.get() {
             observe(old.as_deref(), Some(&doc));
@@ -165,15 +273,62 @@ impl TwinIndex {
     /// Forgets a deleted device.
     pub(crate) fn remove(&self, device_id: &str) {
         let mut inner = self.write();
-        let old = inner.docs.remove(device_id);
-        if let Some(old) = &old {
+        let old = inner.remove(device_id);
+        if let Some((slot, old)) = &old {
             for (path, index) in &mut inner.indexes {
-                index.remove(path, device_id, old);
+                index.remove(path, *slot, old);
             }
         }
-        if let (Some(observe), Some(old)) = (self.observer.get(), old) {
+        if let (Some(observe), Some((_, old))) = (self.observer.get(), old) {
             observe(Some(&old), None);
         }
+    }
+
+    /// Intersects the posting lists of the clause's `path = constant`
+    /// terms (building missing indexes first), under `inner`.
+    fn lookup(&self, filter: Option<&Expr>) -> Lookup {
+        let mut terms = Vec::new();
+        if let Some(f) = filter {
+            equality_terms(f, &mut terms);
+        }
+        if terms.is_empty() {
+            return Lookup::All;
+        }
+        // Build missing indexes first (once per path), under the write lock.
+        if terms.iter().any(|(p, _)| !self.read().indexes.contains_key(p)) {
+            let mut inner = self.write();
+            let Inner { slots, indexes, .. } = &mut *inner;
+            for (path, _) in &terms {
+                if indexes.contains_key(path) || indexes.len() >= MAX_INDEXES {
+                    continue;
+                }
+                let mut index = ValueIndex::default();
+                for (slot, entry) in slots.iter().enumerate() {
+                    if let Some(entry) = entry {
+                        index.insert(path, slot as u32, &entry.doc);
+                    }
+                }
+                indexes.insert(path.clone(), index);
+            }
+        }
+        let inner = self.read();
+        let empty = SlotSet::default();
+        let mut lists: Vec<&SlotSet> = terms
+            .iter()
+            .filter_map(|(p, k)| inner.indexes.get(p).map(|i| i.by_value.get(k).unwrap_or(&empty)))
+            .collect();
+        if lists.is_empty() {
+            return Lookup::All;
+        }
+        let covered = lists.len() == terms.len() && filter.is_some_and(only_equalities);
+        lists.sort_by_key(|l| l.len());
+        let (smallest, rest) = lists.split_first().map(|(s, r)| (*s, r)).unwrap_or((&empty, &[]));
+        let mut slots: Vec<u32> =
+            smallest.iter().copied().filter(|slot| rest.iter().all(|l| l.contains(slot))).collect();
+        // Slot order is load order (the store's id order) for a stable
+        // answer, as a full scan gives.
+        slots.sort_unstable();
+        Lookup::Slots { slots, covered }
     }
 
     /// The documents a query with this WHERE clause may accept: all of
@@ -182,64 +337,45 @@ impl TwinIndex {
     /// intersection is exactly the answer (the clause has nothing else), so
     /// the caller need not evaluate the clause again.
     pub(crate) fn candidates(&self, filter: Option<&Expr>) -> (Vec<Arc<Value>>, bool) {
-        let mut terms = Vec::new();
-        if let Some(f) = filter {
-            equality_terms(f, &mut terms);
-        }
-        if terms.is_empty() {
-            return (self.read().docs.values().cloned().collect(), filter.is_none());
-        }
-        // Build missing indexes first (once per path), under the write lock.
-        if terms.iter().any(|(p, _)| !self.read().indexes.contains_key(p)) {
-            let mut inner = self.write();
-            let Inner { docs, indexes } = &mut *inner;
-            for (path, _) in &terms {
-                if indexes.contains_key(path) || indexes.len() >= MAX_INDEXES {
-                    continue;
-                }
-                let mut index = ValueIndex::default();
-                for (id, doc) in docs.iter() {
-                    index.insert(path, id, doc);
-                }
-                indexes.insert(path.clone(), index);
+        match self.lookup(filter) {
+            Lookup::All => (self.read().docs().cloned().collect(), filter.is_none()),
+            Lookup::Slots { slots, covered } => {
+                let inner = self.read();
+                (slots.iter().filter_map(|s| inner.doc(*s).cloned()).collect(), covered)
             }
         }
-        let inner = self.read();
-        let empty = HashSet::new();
-        let mut lists: Vec<&HashSet<String>> = terms
-            .iter()
-            .filter_map(|(p, k)| inner.indexes.get(p).map(|i| i.by_value.get(k).unwrap_or(&empty)))
-            .collect();
-        if lists.is_empty() {
-            return (inner.docs.values().cloned().collect(), false);
+    }
+
+    /// How many documents satisfy the clause, when the posting lists alone
+    /// decide it (`None` otherwise): answers COUNT without touching any
+    /// document.
+    pub(crate) fn count_covered(&self, filter: Option<&Expr>) -> Option<usize> {
+        match filter {
+            None => Some(self.read().slot_of.len()),
+            Some(_) => match self.lookup(filter) {
+                Lookup::Slots { slots, covered: true } => Some(slots.len()),
+                _ => None,
+            },
         }
-        let covered = lists.len() == terms.len() && filter.is_some_and(only_equalities);
-        lists.sort_by_key(|l| l.len());
-        let (smallest, rest) = lists.split_first().map(|(s, r)| (*s, r)).unwrap_or((&empty, &[]));
-        let docs = smallest
-            .iter()
-            .filter(|id| rest.iter().all(|l| l.contains(*id)))
-            .filter_map(|id| inner.docs.get(id).cloned())
-            .collect();
-        (docs, covered)
     }
 
     /// Runs `f` over every document while no change can happen, so a
     /// recount and the deltas that follow it line up exactly.
     pub(crate) fn with_all<T>(&self, f: impl FnOnce(&mut dyn Iterator<Item = &Value>) -> T) -> T {
         let inner = self.read();
-        let mut it = inner.docs.values().map(|v| v.as_ref());
+        let mut it = inner.docs().map(|v| v.as_ref());
         f(&mut it)
     }
 
     /// One device's document.
     pub(crate) fn get(&self, device_id: &str) -> Option<Arc<Value>> {
-        self.read().docs.get(device_id).cloned()
+        let inner = self.read();
+        inner.slot_of.get(device_id).and_then(|s| inner.doc(*s)).cloned()
     }
 
     /// Device ids, for a full pass.
     pub(crate) fn ids(&self) -> Vec<String> {
-        self.read().docs.keys().cloned().collect()
+        self.read().slots.iter().flatten().map(|e| e.id.clone()).collect()
     }
 }
 
@@ -294,7 +430,7 @@ mod tests {
     #[test]
     fn indexed_lookups_agree_with_full_scans() {
         let index = TwinIndex::default();
-        index.load(&[
+        index.load(vec![
             record("a", json!({"type":"chiller","n":1,"on":true})),
             record("b", json!({"type":"chiller","n":1.0})),
             record("c", json!({"type":"boiler","n":"1"})),
@@ -323,5 +459,55 @@ mod tests {
         }
         let (chillers, _) = ids(&index, queries[0]);
         assert_eq!(chillers, ["d"]);
+    }
+
+    /// Counts from the posting lists alone equal a full scan's, wherever
+    /// the index says it covers the clause, through deletes and slot reuse.
+    #[test]
+    fn covered_counts_agree_with_full_scans() {
+        let index = TwinIndex::default();
+        let tags = |i: usize| json!({"type": if i.is_multiple_of(3) { "chiller" } else { "boiler" }, "n": i % 2, "s": "x"});
+        index.load((0..30).map(|i| record(&format!("d{i:02}"), tags(i))).collect());
+        let conditions = [
+            None,
+            Some("tags.type = 'chiller'"),
+            Some("tags.type = 'chiller' AND tags.n = 1"),
+            Some("tags.n = 0 AND tags.s = 'x' AND tags.type = 'boiler'"),
+            Some("tags.type = 'none'"),
+            Some("tags.type = 'chiller' AND tags.n > 0"),
+            Some("tags.type = 'chiller' OR tags.n = 1"),
+        ];
+        let check = |index: &TwinIndex| {
+            for c in conditions {
+                let filter = c.map(|c| ferrohub_query::parse_condition(c).unwrap());
+                let full = index
+                    .candidates(None)
+                    .0
+                    .iter()
+                    .filter(|d| filter.as_ref().is_none_or(|f| ferrohub_query::matches(f, d)))
+                    .count();
+                let covered = index.count_covered(filter.as_ref());
+                let exact = c.is_none() || c.is_some_and(|c| !c.contains('>') && !c.contains("OR"));
+                assert_eq!(covered.is_some(), exact, "{c:?}");
+                if let Some(n) = covered {
+                    assert_eq!(n, full, "{c:?}");
+                }
+            }
+        };
+        check(&index);
+        for i in (0..30).step_by(4) {
+            index.remove(&format!("d{i:02}"));
+        }
+        // New devices take the freed slots; a removed one comes back changed.
+        for i in 30..40 {
+            index.put(&record(&format!("d{i:02}"), tags(i)));
+        }
+        index.put(&record("d00", tags(1)));
+        index.put(&record("d03", tags(2)));
+        check(&index);
+        assert_eq!(index.count_covered(None), Some(30 - 8 + 10 + 1));
+        assert_eq!(index.ids().len(), 33);
+        assert!(index.get("d04").is_none());
+        assert_eq!(index.get("d00").unwrap()["tags"]["type"], "boiler");
     }
 }

@@ -105,6 +105,12 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a new device (its `revision` is ignored and set to 1).
     async fn create_device(&self, record: &DeviceRecord) -> StoreResult<()>;
 
+    /// Stores many new devices in one transaction (revisions set to 1): all
+    /// of them, or none when any id exists ([`StoreError::AlreadyExists`]).
+    /// For bulk loading (the benchmark seeder); callers keep batches to a
+    /// few thousand rows.
+    async fn create_devices_bulk(&self, records: &[DeviceRecord]) -> StoreResult<()>;
+
     /// Replaces a device if its stored revision is `record.revision`; the
     /// stored revision becomes `record.revision + 1`.
     async fn update_device(&self, record: &DeviceRecord) -> StoreResult<()>;
@@ -157,6 +163,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every device record (for full evaluations and queries).
     async fn all_devices(&self) -> StoreResult<Vec<DeviceRecord>>;
+
+    /// Up to `limit` device records with ids after `after` (from the first
+    /// when `None`), ordered by device id: reads every record page by page,
+    /// in bounded memory.
+    async fn devices_after(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<DeviceRecord>>;
 
     /// All configurations, ordered by id.
     async fn list_configurations(&self) -> StoreResult<Vec<StoredConfiguration>>;

@@ -81,6 +81,17 @@ impl Section {
         out.insert("$version".to_owned(), Value::from(self.version));
         Value::Object(out)
     }
+
+    /// As [`Section::to_json`], taking the section apart instead of
+    /// copying it.
+    pub fn into_json(self, with_metadata: bool) -> Value {
+        let mut out = self.props;
+        if with_metadata {
+            out.insert("$metadata".to_owned(), Value::Object(self.metadata));
+        }
+        out.insert("$version".to_owned(), Value::from(self.version));
+        Value::Object(out)
+    }
 }
 
 #[cfg(test)]

@@ -350,3 +350,12 @@ fn stored_form_round_trips_and_tolerates_missing_configurations() {
     stored.as_object_mut().unwrap().remove("configurations");
     assert_eq!(serde_json::from_value::<TwinState>(stored).unwrap(), twin);
 }
+
+#[test]
+fn into_json_renders_exactly_what_to_json_does() {
+    let mut twin = populated();
+    let doc = twin.to_json(&device());
+    assert_eq!(twin.clone().into_json(&device()).to_string(), doc.to_string(), "same keys, same order");
+    twin.configurations.insert("c1".into(), json!({"status": "Applied"}));
+    assert_eq!(twin.clone().into_json(&device()), twin.to_json(&device()));
+}
