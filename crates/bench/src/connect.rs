@@ -7,7 +7,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::fleet::{self, Fleet, Spec};
-use crate::{hub, procfs, report, Common};
+use crate::{procfs, report, Common};
 
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ConnectArgs {
@@ -25,7 +25,7 @@ pub(crate) struct ConnectArgs {
 }
 
 pub(crate) async fn run(args: &ConnectArgs) -> anyhow::Result<()> {
-    let hub = hub::BenchHub::start(&args.common.hub_bin()?, &[]).await?;
+    let hub = fleet::start_hub(&args.common.hub_bin()?).await?;
     let pid = hub.pid();
     let (n, limit) = fleet::device_count(args.devices, args.common.smoke, 50, pid)?;
     let service = hub.service().await?;
@@ -50,6 +50,8 @@ pub(crate) async fn run(args: &ConnectArgs) -> anyhow::Result<()> {
         agent: false,
         hold_reports: false,
         concurrency: args.concurrency,
+        // Smoke runs take the multi-address path too, to keep it working.
+        spread: if args.common.smoke { 2 } else { 0 },
     };
     let mut fleet = Fleet::start(&spec).await?;
     let cpu_before = procfs::cpu_time(pid)?;
@@ -91,6 +93,7 @@ pub(crate) async fn run(args: &ConnectArgs) -> anyhow::Result<()> {
     report.decimal("hub CPU per 1000 connects (s)", hub_cpu.as_secs_f64() * 1000.0 / ok.max(1) as f64, 3);
     report.decimal("generator CPU during ramp (s)", gen_cpu.as_secs_f64(), 2);
     report.row("generator processes (workers + parent)", (fleet.processes() + 1) as u64);
+    report.row("loopback addresses dialled", fleet.addresses as u64);
     report.row("generator workers RSS (KiB)", gen_rss);
     report.finish(&args.common.out)?;
     fleet.close().await?;

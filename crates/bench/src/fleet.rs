@@ -7,14 +7,17 @@
 //! process, so one process cannot hold the ~19,000 connections a hub at the
 //! same limit accepts. Each worker holds at most [`PER_WORKER`].
 //!
-//! Source addresses: the device client (rumqttc) cannot bind a source
-//! address, so every connection comes from 127.0.0.1 and uses one port of
-//! the ephemeral range towards the one hub address. [`Fleet::start`] checks
-//! that the fleet fits in that range (less a margin for everything else on
-//! the machine) and fails with an error instead of letting connects fail
-//! one by one with `EADDRNOTAVAIL`. At this machine's file limit (~19,000
-//! connections) the 28,232-port range suffices; the 100,000-connection
-//! design target would need clients spread over 127.0.0.0/8.
+//! Addresses: a connection's local port comes from the ephemeral range,
+//! which is per destination address. The device client (rumqttc) cannot
+//! bind a source address, so instead of spreading sources the fleet spreads
+//! its *destinations* over 127.0.0.0/8: the hub under test listens on
+//! [`LOOPBACK_ADDRESSES`] loopback addresses (with a certificate naming
+//! them, see [`hub_args`]) and, when one address's port range cannot hold
+//! the fleet (less a margin for everything else on the machine), each
+//! worker dials one of them. At this machine's file limit (~19,000
+//! connections) one address suffices; four hold the 100,000-connection
+//! design target. [`Fleet::start`] fails with an error rather than let
+//! connects fail one by one with `EADDRNOTAVAIL`.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -37,6 +40,37 @@ pub(crate) const PER_WORKER: usize = 5_000;
 const BULK: usize = 100;
 /// Ephemeral ports left for everything else on the machine.
 const PORT_MARGIN: usize = 2_000;
+/// Loopback addresses the hub under test listens on (127.0.0.1 and up).
+pub(crate) const LOOPBACK_ADDRESSES: usize = 4;
+
+/// `ferrohub serve` flags that make the hub listen on every loopback
+/// address the fleet may dial, with a certificate (and SAS audiences) for
+/// each; `localhost` stays the first host name.
+pub(crate) fn hub_args() -> Vec<String> {
+    let mut args = vec!["--hostname".to_owned(), "localhost".to_owned()];
+    for k in 1..=LOOPBACK_ADDRESSES {
+        args.extend(["--bind".to_owned(), format!("127.0.0.{k}")]);
+        if k > 1 {
+            args.extend(["--hostname".to_owned(), format!("127.0.0.{k}")]);
+        }
+    }
+    args
+}
+
+/// Starts the hub under test listening on every loopback address a fleet
+/// may dial.
+pub(crate) async fn start_hub(bin: &std::path::Path) -> anyhow::Result<crate::hub::BenchHub> {
+    let args = hub_args();
+    let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+    crate::hub::BenchHub::start(bin, &extra).await
+}
+
+/// The destination addresses a fleet of `count` needs (at least
+/// `at_least`), given `ports` ephemeral ports per address.
+fn addresses_needed(count: usize, ports: usize, at_least: usize) -> usize {
+    let per_address = ports.saturating_sub(PORT_MARGIN).max(1);
+    count.div_ceil(per_address).max(at_least).max(1)
+}
 
 /// What a worker needs to connect its share of devices.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,6 +100,10 @@ pub(crate) struct Spec {
     pub(crate) hold_reports: bool,
     /// Connection attempts in flight at once in this worker.
     pub(crate) concurrency: usize,
+    /// Spread over at least this many loopback destinations even when one
+    /// would do (exercises the spreading in smoke runs).
+    #[serde(default)]
+    pub(crate) spread: usize,
 }
 
 /// Parent → worker.
@@ -233,6 +271,8 @@ pub(crate) struct Fleet {
     workers: Vec<Worker>,
     /// Devices in the fleet.
     pub(crate) devices: usize,
+    /// Loopback destinations the workers dial.
+    pub(crate) addresses: usize,
 }
 
 impl Fleet {
@@ -242,15 +282,17 @@ impl Fleet {
     /// the module docs).
     pub(crate) async fn start(spec: &Spec) -> anyhow::Result<Self> {
         let ports = ephemeral_ports()?;
-        if spec.count + PORT_MARGIN > ports {
+        let addresses = addresses_needed(spec.count, ports, spec.spread);
+        if addresses > LOOPBACK_ADDRESSES {
             bail!(
-                "{} connections from one source address do not fit in the ephemeral port range \
-                 ({ports} ports, {PORT_MARGIN} kept free); the device client cannot bind other \
-                 loopback source addresses, so use fewer devices",
+                "{} connections need {addresses} loopback addresses ({ports} ephemeral ports each, \
+                 {PORT_MARGIN} kept free); the hub listens on {LOOPBACK_ADDRESSES}",
                 spec.count
             );
         }
-        let processes = spec.count.div_ceil(PER_WORKER).max(1);
+        // Every address gets at least one worker, and no address more
+        // devices than its port range holds.
+        let processes = spec.count.div_ceil(PER_WORKER).max(addresses).max(1);
         let me = std::env::current_exe()?;
         let mut workers = Vec::with_capacity(processes);
         for w in 0..processes {
@@ -267,11 +309,17 @@ impl Fleet {
             let stdin = child.stdin.take().context("worker stdin")?;
             let lines = BufReader::new(child.stdout.take().context("worker stdout")?).lines();
             let mut worker = Worker { child, stdin, lines };
-            let mine = Spec { first, count: end - first, ..spec.clone() };
+            // Workers take the addresses in turn; the first is the hub's
+            // own host name (the certificate carries every address).
+            let host = match w % addresses {
+                0 => spec.host.clone(),
+                k => format!("127.0.0.{}", k + 1),
+            };
+            let mine = Spec { first, count: end - first, host, ..spec.clone() };
             send(&mut worker, &Command::Setup { spec: mine }).await?;
             workers.push(worker);
         }
-        let mut fleet = Self { workers, devices: spec.count };
+        let mut fleet = Self { workers, devices: spec.count, addresses };
         for event in fleet.recv_all().await? {
             anyhow::ensure!(matches!(event, Event::Ready), "unexpected worker event {event:?}");
         }
@@ -470,4 +518,22 @@ pub(crate) fn device_count(
 /// certificate is made for it).
 pub(crate) fn hub_host(service: &ServiceClient) -> String {
     service.host_name().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fleets_spread_over_loopback_addresses_only_when_needed() {
+        assert_eq!(addresses_needed(19_500, 28_232, 0), 1);
+        assert_eq!(addresses_needed(19_500, 28_232, 2), 2);
+        assert_eq!(addresses_needed(100_000, 28_232, 0), 4);
+        assert_eq!(addresses_needed(30_000, 28_232, 0), 2);
+        let args = hub_args().join(" ");
+        assert!(
+            args.starts_with("--hostname localhost --bind 127.0.0.1 --bind 127.0.0.2 --hostname 127.0.0.2"),
+            "{args}"
+        );
+    }
 }

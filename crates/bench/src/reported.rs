@@ -10,7 +10,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::fleet::{self, Command, Fleet, Spec};
-use crate::{hub, procfs, report, Common};
+use crate::{procfs, report, Common};
 
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ReportedArgs {
@@ -36,7 +36,7 @@ pub(crate) struct ReportedArgs {
 }
 
 pub(crate) async fn run(args: &ReportedArgs) -> anyhow::Result<()> {
-    let hub = hub::BenchHub::start(&args.common.hub_bin()?, &[]).await?;
+    let hub = fleet::start_hub(&args.common.hub_bin()?).await?;
     let pid = hub.pid();
     let (n, limit) = fleet::device_count(args.devices, args.common.smoke, 20, pid)?;
     let (rates, duration) = if args.common.smoke && args.rates.len() > 2 {
@@ -61,6 +61,7 @@ pub(crate) async fn run(args: &ReportedArgs) -> anyhow::Result<()> {
         agent: false,
         hold_reports: false,
         concurrency: 128,
+        spread: 0,
     };
     let mut fleet = Fleet::start(&spec).await?;
     let (ok, failed, first_error) = fleet.connect().await?;

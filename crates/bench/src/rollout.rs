@@ -13,7 +13,7 @@ use ferrohub_service_client::WatchEvent;
 use serde_json::{json, Value};
 
 use crate::fleet::{self, Command, Event, Fleet, Spec};
-use crate::{hub, procfs, report, Common};
+use crate::{procfs, report, Common};
 
 #[derive(Debug, Clone, Args)]
 pub(crate) struct RolloutArgs {
@@ -59,7 +59,7 @@ fn quantile_ms(sorted: &[i64], q: f64) -> f64 {
 }
 
 pub(crate) async fn run(args: &RolloutArgs) -> anyhow::Result<()> {
-    let hub = hub::BenchHub::start(&args.common.hub_bin()?, &[]).await?;
+    let hub = fleet::start_hub(&args.common.hub_bin()?).await?;
     let pid = hub.pid();
     let (n, limit) = fleet::device_count(args.devices, args.common.smoke, 20, pid)?;
     let service = hub.service().await?;
@@ -77,6 +77,7 @@ pub(crate) async fn run(args: &RolloutArgs) -> anyhow::Result<()> {
         agent: true,
         hold_reports: !args.report_on_arrival,
         concurrency: 128,
+        spread: 0,
     };
     let mut fleet = Fleet::start(&spec).await?;
     let (ok, failed, first_error) = fleet.connect().await?;

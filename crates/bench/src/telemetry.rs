@@ -24,7 +24,7 @@ use serde_json::json;
 use tokio::process::{Child, Command as Process};
 
 use crate::fleet::{self, Command, Fleet, LoadSummary, Spec};
-use crate::{hub, procfs, report, Common};
+use crate::{procfs, report, Common};
 
 #[derive(Debug, Clone, Args)]
 pub(crate) struct TelemetryArgs {
@@ -67,7 +67,7 @@ struct Run {
 }
 
 pub(crate) async fn run(args: &TelemetryArgs) -> anyhow::Result<()> {
-    let hub = hub::BenchHub::start(&args.common.hub_bin()?, &[]).await?;
+    let hub = fleet::start_hub(&args.common.hub_bin()?).await?;
     let pid = hub.pid();
     let (n, limit) = fleet::device_count(args.devices, args.common.smoke, 20, pid)?;
     let duration = Duration::from_secs(if args.common.smoke { 2 } else { args.duration });
@@ -95,6 +95,7 @@ pub(crate) async fn run(args: &TelemetryArgs) -> anyhow::Result<()> {
         agent: false,
         hold_reports: false,
         concurrency: 128,
+        spread: 0,
     };
 
     // ferrohub, read through GET /events.
