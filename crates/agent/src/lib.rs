@@ -224,6 +224,26 @@ enum Retry {
 /// Why an update failed (the substatus).
 type Failure = String;
 
+/// The desired value's signed manifest must verify with `key` and vouch
+/// for its version and check value (the agent and the simulator alike).
+pub(crate) fn check_manifest(
+    target: &Target,
+    key: &VerifyingKey,
+) -> Result<ferrohub_core::firmware::FirmwareManifest, Failure> {
+    let manifest = ferrohub_core::firmware::verify_manifest(&target.fw_manifest, &target.fw_signature, key)
+        .map_err(|e| format!("signature check failed: {e}"))?;
+    if manifest.version != target.fw_version {
+        return Err(format!(
+            "manifest version {} does not match fwVersion {}",
+            manifest.version, target.fw_version
+        ));
+    }
+    if !manifest.sha256.eq_ignore_ascii_case(&target.fw_package_check_value) {
+        return Err("manifest sha256 does not match fwPackageCheckValue".into());
+    }
+    Ok(manifest)
+}
+
 struct Agent {
     opts: AgentOptions,
     state: State,
@@ -484,19 +504,7 @@ impl Agent {
     /// The signed manifest must verify and vouch for the desired values.
     fn check_manifest(&self, target: &Target) -> Result<ferrohub_core::firmware::FirmwareManifest, Failure> {
         let key = self.key.as_ref().ok_or("no public key to verify the firmware manifest with")?;
-        let manifest =
-            ferrohub_core::firmware::verify_manifest(&target.fw_manifest, &target.fw_signature, key)
-                .map_err(|e| format!("signature check failed: {e}"))?;
-        if manifest.version != target.fw_version {
-            return Err(format!(
-                "manifest version {} does not match fwVersion {}",
-                manifest.version, target.fw_version
-            ));
-        }
-        if !manifest.sha256.eq_ignore_ascii_case(&target.fw_package_check_value) {
-            return Err("manifest sha256 does not match fwPackageCheckValue".into());
-        }
-        Ok(manifest)
+        check_manifest(target, key)
     }
 
     /// Downloads (resuming `download.part`) with the device's own SAS token.

@@ -414,18 +414,7 @@ impl SimDevice {
 
     /// The signed manifest must verify and vouch for the downloaded bytes.
     fn verify(&self, fleet: &Fleet, target: &Target, sha: &str) -> Result<(), String> {
-        let manifest =
-            ferrohub_core::firmware::verify_manifest(&target.fw_manifest, &target.fw_signature, &fleet.key)
-                .map_err(|e| format!("signature check failed: {e}"))?;
-        if manifest.version != target.fw_version {
-            return Err(format!(
-                "manifest version {} does not match fwVersion {}",
-                manifest.version, target.fw_version
-            ));
-        }
-        if !manifest.sha256.eq_ignore_ascii_case(&target.fw_package_check_value) {
-            return Err("manifest sha256 does not match fwPackageCheckValue".into());
-        }
+        let manifest = crate::check_manifest(target, &fleet.key)?;
         if !sha.eq_ignore_ascii_case(&manifest.sha256) {
             return Err(format!("checksum mismatch: got {sha}"));
         }

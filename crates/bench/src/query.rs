@@ -162,8 +162,6 @@ async fn next_matching(
 /// content and five metric queries, on the chillers of wave 0 (a few
 /// thousand twins at any fleet size, so applying it stays short).
 fn configuration() -> Value {
-    let base = format!("SELECT deviceId FROM devices WHERE configurations.[[{CONFIG_ID}]].status='Applied'");
-    let status = |s: &str| format!("{base} AND properties.reported.firmware.fwUpdateStatus='{s}'");
     json!({
         "id": CONFIG_ID,
         "content": {"deviceContent": {"properties.desired.firmware": {
@@ -172,15 +170,7 @@ fn configuration() -> Value {
             "fwPackageCheckValue": "0123456789abcdef"}}},
         "targetCondition": "tags.devicetype='chiller' AND tags.wave=0",
         "priority": 10,
-        "metrics": {"queries": {
-            "current": format!("{} AND properties.reported.firmware.currentFwVersion='{NEW_VERSION}'", status("current")),
-            "applying": format!("{base} AND (properties.reported.firmware.fwUpdateStatus='downloading' \
-                OR properties.reported.firmware.fwUpdateStatus='verifying' \
-                OR properties.reported.firmware.fwUpdateStatus='applying')"),
-            "rebooting": status("rebooting"),
-            "error": status("error"),
-            "rolledback": status("rolledback"),
-        }},
+        "metrics": {"queries": ferrohub_core::firmware::tutorial_metric_queries(CONFIG_ID, NEW_VERSION)},
     })
 }
 

@@ -35,21 +35,6 @@ pub(crate) struct RolloutArgs {
 const CONFIG_ID: &str = "bench-rollout";
 const VERSION: &str = "2.0.0";
 
-/// The tutorial's five metric queries (as the hub's staged rollouts use).
-fn metric_queries(id: &str, version: &str) -> Value {
-    let base = format!("SELECT deviceId FROM devices WHERE configurations.[[{id}]].status='Applied'");
-    let status = |s: &str| format!("{base} AND properties.reported.firmware.fwUpdateStatus='{s}'");
-    json!({
-        "current": format!("{} AND properties.reported.firmware.currentFwVersion='{version}'", status("current")),
-        "applying": format!("{base} AND (properties.reported.firmware.fwUpdateStatus='downloading' \
-            OR properties.reported.firmware.fwUpdateStatus='verifying' \
-            OR properties.reported.firmware.fwUpdateStatus='applying')"),
-        "rebooting": status("rebooting"),
-        "error": status("error"),
-        "rolledback": status("rolledback"),
-    })
-}
-
 fn quantile_ms(sorted: &[i64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -92,7 +77,7 @@ pub(crate) async fn run(args: &RolloutArgs) -> anyhow::Result<()> {
             "fwPackageCheckValue": "0123456789abcdef"}}},
         "targetCondition": "tags.bench='rollout'",
         "priority": 10,
-        "metrics": {"queries": metric_queries(CONFIG_ID, VERSION)},
+        "metrics": {"queries": ferrohub_core::firmware::tutorial_metric_queries(CONFIG_ID, VERSION)},
     });
     let hub_cpu = procfs::cpu_time(pid)?;
     let call = Instant::now();

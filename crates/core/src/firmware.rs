@@ -77,6 +77,23 @@ impl FirmwareImage {
     }
 }
 
+/// The five metric queries of Azure's firmware-update tutorial for
+/// configuration `config_id`, `current` counting only devices at `version`
+/// (staged rollouts and the benchmarks use these).
+pub fn tutorial_metric_queries(config_id: &str, version: &str) -> Value {
+    let base = format!("SELECT deviceId FROM devices WHERE configurations.[[{config_id}]].status='Applied'");
+    let status = |s: &str| format!("{base} AND properties.reported.firmware.fwUpdateStatus='{s}'");
+    json!({
+        "current": format!("{} AND properties.reported.firmware.currentFwVersion='{version}'", status("current")),
+        "applying": format!("{base} AND (properties.reported.firmware.fwUpdateStatus='downloading' \
+            OR properties.reported.firmware.fwUpdateStatus='verifying' \
+            OR properties.reported.firmware.fwUpdateStatus='applying')"),
+        "rebooting": status("rebooting"),
+        "error": status("error"),
+        "rolledback": status("rolledback"),
+    })
+}
+
 /// Verifies a desired `firmware` property's manifest and signature with the
 /// hub's public key, returning the manifest it vouches for.
 pub fn verify_manifest(

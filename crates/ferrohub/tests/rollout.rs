@@ -13,9 +13,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::mqtt::service;
-use common::sim::Simulator;
+use common::sim::{upload_image, Simulator};
 use common::{fails, ok, ok_json, TestHub};
-use rand::RngCore;
 use serde_json::Value;
 
 /// The cap on every wait (debug builds on a loaded CI machine).
@@ -28,22 +27,9 @@ fn simulate(hub: &TestHub, dir: &Path, devices: usize, prefix: &str, failure_rat
     Simulator::spawn(hub, dir, prefix, &[&extra[..], &["--failure-rate", failure_rate]].concat())
 }
 
-/// Uploads a random image; returns its SHA-256.
+/// Uploads a random 64 KiB image; returns its SHA-256.
 fn upload(hub: &TestHub, dir: &Path, version: &str) -> String {
-    let mut image = vec![0u8; 64 * 1024];
-    rand::thread_rng().fill_bytes(&mut image);
-    let file = dir.join(format!("image-{version}.bin"));
-    std::fs::write(&file, &image).unwrap();
-    let record = ok_json(&hub.cli(&[
-        "firmware",
-        "upload",
-        "--version",
-        version,
-        "--device-type",
-        "chiller",
-        file.to_str().unwrap(),
-    ]));
-    record["sha256"].as_str().unwrap().to_owned()
+    upload_image(hub, dir, version, 64 * 1024)["sha256"].as_str().unwrap().to_owned()
 }
 
 /// Waits until every `<prefix>-<n>` has reported its firmware (it is

@@ -9,36 +9,17 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::mqtt::service;
-use common::sim::Simulator;
+use common::sim::{upload_image, Simulator};
 use common::{ok_json, TestHub};
-use rand::RngCore;
 use serde_json::{json, Value};
 
 /// The cap on every wait (debug builds on a loaded CI machine).
 const WAIT: Duration = Duration::from_secs(120);
 
-/// Uploads a random image with the CLI; returns the desired `firmware`.
+/// Uploads a random 200 KiB image; returns its desired `firmware`.
 fn upload(hub: &TestHub, dir: &std::path::Path, version: &str) -> Value {
-    let mut image = vec![0u8; 200 * 1024];
-    rand::thread_rng().fill_bytes(&mut image);
-    let file = dir.join(format!("image-{version}.bin"));
-    std::fs::write(&file, &image).unwrap();
-    let record = ok_json(&hub.cli(&[
-        "firmware",
-        "upload",
-        "--version",
-        version,
-        "--device-type",
-        "chiller",
-        file.to_str().unwrap(),
-    ]));
-    json!({
-        "fwVersion": record["version"],
-        "fwPackageURI": record["fwPackageURI"],
-        "fwPackageCheckValue": record["sha256"],
-        "fwManifest": record["fwManifest"],
-        "fwSignature": record["fwSignature"],
-    })
+    upload_image(hub, dir, version, 200 * 1024);
+    ok_json(&hub.cli(&["firmware", "desired", "--version", version]))
 }
 
 /// Creates a configuration for chillers with `desired` and a custom metric

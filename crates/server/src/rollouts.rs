@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrohub_core::firmware::FirmwareImage;
+use ferrohub_core::firmware::{tutorial_metric_queries, FirmwareImage};
 use ferrohub_core::rollout::{Observation, Pacer, Phase, Policy, Progress, RolloutState, Tally};
 use ferrohub_core::{ErrorCode, HubError, HubResult};
 use ferrohub_query::Expr;
@@ -154,7 +154,8 @@ pub fn check_id(id: &str) -> HubResult<()> {
     }
 }
 
-fn not_found(id: &str) -> HubError {
+/// 404 for an unknown rollout.
+pub(crate) fn not_found(id: &str) -> HubError {
     HubError::new(ErrorCode::IotHubNotFound, format!("Rollout {id} not found"))
 }
 
@@ -166,21 +167,6 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// The tutorial's metric queries for a rollout's configuration.
-fn metric_queries(config_id: &str, version: &str) -> Value {
-    let base = format!("SELECT deviceId FROM devices WHERE configurations.[[{config_id}]].status='Applied'");
-    let status = |s: &str| format!("{base} AND properties.reported.firmware.fwUpdateStatus='{s}'");
-    json!({
-        "current": format!("{} AND properties.reported.firmware.currentFwVersion='{version}'", status("current")),
-        "applying": format!("{base} AND (properties.reported.firmware.fwUpdateStatus='downloading' \
-            OR properties.reported.firmware.fwUpdateStatus='verifying' \
-            OR properties.reported.firmware.fwUpdateStatus='applying')"),
-        "rebooting": status("rebooting"),
-        "error": status("error"),
-        "rolledback": status("rolledback"),
-    })
 }
 
 /// What the index and the live connections say about one device.
@@ -336,7 +322,7 @@ impl Rollouts {
             "targetCondition": format!("tags.ferrohubRollouts.[[{}]] >= 1", rollout.id),
             "priority": rollout.priority,
             "labels": {"ferrohubRollout": rollout.id},
-            "metrics": {"queries": metric_queries(&rollout.configuration_id, &rollout.version)},
+            "metrics": {"queries": tutorial_metric_queries(&rollout.configuration_id, &rollout.version)},
         });
         self.put_configuration(&rollout.configuration_id, &config).await
     }
@@ -746,7 +732,7 @@ impl Rollouts {
                 "targetCondition": format!("tags.ferrohubRollbacks.[[{}]] = {}", rollout.id, k + 1),
                 "priority": rollout.priority.saturating_add(1),
                 "labels": {"ferrohubRollout": rollout.id},
-                "metrics": {"queries": metric_queries(&group.configuration_id, &group.version)},
+                "metrics": {"queries": tutorial_metric_queries(&group.configuration_id, &group.version)},
             });
             self.put_configuration(&group.configuration_id, &config).await?;
             for m in &rollout.progress.members {

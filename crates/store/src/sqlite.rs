@@ -80,24 +80,27 @@ fn write_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
             continue;
         }
         let mut replies = Vec::with_capacity(batch.len());
+        // Prepared once per connection: these run twice per write.
+        let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut stmt| stmt.execute([]));
+        let undo = || run("ROLLBACK TO job").and_then(|_| run("RELEASE job"));
         for job in batch {
-            let savepoint = conn.execute_batch("SAVEPOINT job");
+            let savepoint = run("SAVEPOINT job");
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&conn)));
             match outcome {
                 Ok((true, reply)) if savepoint.is_ok() => {
-                    let _ = conn.execute_batch("RELEASE job");
+                    let _ = run("RELEASE job");
                     replies.push(reply);
                 }
                 Ok((_, reply)) => {
                     // Its own error (already in the reply) stands; what it
                     // wrote goes.
-                    let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                    let _ = undo();
                     replies.push(reply);
                 }
                 Err(_) => {
                     // The caller's reply went down with the job: it gets an
                     // error from the dropped channel.
-                    let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                    let _ = undo();
                     tracing::error!("store: a write panicked; rolled back");
                 }
             }

@@ -5,7 +5,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use super::TestHub;
+use rand::RngCore as _;
+
+use super::{ok_json, TestHub};
+
+/// Uploads `size` random bytes as chiller firmware `version` with the CLI;
+/// returns the image's record.
+pub fn upload_image(hub: &TestHub, dir: &Path, version: &str, size: usize) -> serde_json::Value {
+    let mut image = vec![0u8; size];
+    rand::thread_rng().fill_bytes(&mut image);
+    let file = dir.join(format!("image-{version}.bin"));
+    std::fs::write(&file, &image).unwrap();
+    let args = ["firmware", "upload", "--version", version, "--device-type", "chiller"];
+    ok_json(&hub.cli(&[&args[..], &[file.to_str().unwrap()]].concat()))
+}
 
 /// One simulator process.
 pub struct Simulator {

@@ -74,7 +74,9 @@ pub(super) async fn watch(
     authorize(&state, &headers, &[Permission::ServiceConnect])?;
     // Subscribe first, so a change between the check and the stream counts.
     let changes = ticks(state.rollouts.subscribe());
-    state.rollouts.get(&id, false).await?;
+    if state.rollouts.summary(&id).is_none() {
+        return Err(crate::rollouts::not_found(&id).into());
+    }
     let rollouts = state.rollouts.clone();
     Ok(snapshots(changes, move || match rollouts.summary(&id) {
         None => Snapshot::Gone,
