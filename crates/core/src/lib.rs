@@ -7,6 +7,7 @@
 //!   which desired property.
 //! - [`rollout`]: staged firmware rollouts: waves, thresholds, per-device
 //!   results.
+//! - [`precondition`]: `If-Match` etag preconditions.
 //! - [`sas`]: shared access signature tokens, policies and permissions.
 //! - [`connection_string`]: IoT Hub connection strings.
 //! - [`time`]: timestamps in IoT Hub's text form.
@@ -17,6 +18,7 @@ pub mod error;
 pub mod firmware;
 pub mod identity;
 pub mod message;
+pub mod precondition;
 pub mod rollout;
 pub mod sas;
 pub mod time;

@@ -1,29 +1,22 @@
-//! The ferrohub hub process: TLS material, policies, the HTTPS service API.
+//! The ferrohub hub process: the [`hub`] core and its transports.
 //!
-//! [`serve`] wires the parts: data dir → store → policies → TLS → listeners
-//! → `hub.json` and the ready line → serve until a signal → clean exit.
+//! [`hub`] owns every state change and push; [`api`] (the REST API) and
+//! `mqtt` (the device endpoint, over TLS and WebSockets) are adapters over
+//! it that never import each other. [`serve`] wires the process: data dir
+//! → store → policies → TLS → [`hub::Hub::open`] → listeners → `hub.json`
+//! and the ready line → serve until a signal → clean exit.
 
 pub mod api;
-pub mod auth;
-pub mod bulk;
-pub mod c2d;
 mod client_cert;
 mod clock;
-pub mod configurations;
-pub mod firmware;
 mod fsutil;
+pub mod hub;
 pub mod hubfile;
 pub mod listen;
-pub mod methods;
 mod mqtt;
 pub mod options;
 pub mod policies;
-pub mod presence;
-pub mod registry;
-pub mod rollouts;
-pub mod telemetry;
 pub mod tls;
-mod twin_index;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,7 +71,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     // Both listeners ask for (never require) a client certificate: X.509
     // devices present one over MQTT on either port.
     let client_certs: Arc<dyn rustls::server::danger::ClientCertVerifier> =
-        Arc::new(mqtt::AnyClientCert::new());
+        Arc::new(client_cert::AnyClientCert::new());
     let https_tls = tls::server_config(&identity, &[b"http/1.1"], Some(client_certs.clone()))?;
     let mqtt_tls = tls::server_config(&identity, &[], Some(client_certs))?;
 
@@ -87,31 +80,20 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let mqtt = listen::bind_mqtt(&addrs, opts.mqtt_port, defaults)?;
 
     // Whatever was connected when the hub last stopped is not any more: the
-    // engine resets those connection states while it loads the twins.
-    let presence = Arc::new(presence::Presence::default());
-    let registry = registry::Registry::new(Arc::new(store), presence.clone());
-    let full_pass = opts.config_eval_interval.unwrap_or(DEFAULT_FULL_PASS);
-    let engine = configurations::Engine::start(registry.clone(), full_pass).await?;
-    let firmware = Arc::new(firmware::FirmwareStore::open(dir)?);
-    let rollouts = rollouts::Rollouts::start(
-        dir,
-        registry.clone(),
-        engine.clone(),
-        firmware.clone(),
-        firmware_base_uri(&host_names[0], https.port),
-        std::time::Duration::from_secs(1),
-    )
+    // hub resets those connection states while it loads the twins.
+    let hub = hub::Hub::open(hub::HubConfig {
+        data_dir: dir.clone(),
+        store: Arc::new(store),
+        policies: policies.clone(),
+        host_names: auth_names,
+        full_pass: opts.config_eval_interval.unwrap_or(DEFAULT_FULL_PASS),
+        firmware_base_uri: firmware_base_uri(&host_names[0], https.port),
+        rollout_step: Duration::from_secs(1),
+    })
     .await?;
-    let state = Arc::new(api::AppState {
-        registry,
-        auth: auth::Authorizer::new(policies.clone(), auth_names),
-        methods: Default::default(),
-        telemetry: Default::default(),
-        engine: engine.clone(),
-        firmware: firmware.clone(),
-        rollouts,
-    });
-    let app = api::router(state.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
+    let app = api::router(hub.clone())
+        .merge(mqtt::websocket_routes(hub.clone()))
+        .layer(tower_http::trace::TraceLayer::new_for_http());
 
     let handle = axum_server::Handle::new();
     let rustls_config = axum_server::tls_rustls::RustlsConfig::from_config(https_tls);
@@ -128,7 +110,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     }
     for listener in mqtt.listeners {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        tasks.spawn(mqtt::accept_loop(listener, mqtt_tls.clone(), state.clone()));
+        tasks.spawn(mqtt::accept_loop(listener, mqtt_tls.clone(), hub.clone()));
     }
 
     let info = HubInfo {

@@ -7,7 +7,7 @@ use anyhow::Context;
 use ferrohub_core::sas::{builtin_policies, validate_policies, SharedAccessPolicy};
 
 use crate::fsutil::write_private;
-use crate::registry::new_key;
+use crate::hub::mint::new_key;
 
 /// File name inside the data dir.
 pub const POLICIES_FILE: &str = "policies.json";

@@ -9,9 +9,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
 use ferrohub_core::sas::{builtin_policies, generate_token, SharedAccessPolicy};
-use ferrohub_server::api::{router, AppState};
-use ferrohub_server::auth::Authorizer;
-use ferrohub_server::registry::Registry;
+use ferrohub_server::api::router;
+use ferrohub_server::hub::{Hub, HubConfig};
 use ferrohub_store::SqliteStore;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -44,34 +43,18 @@ impl Api {
             n += 1;
             key(n)
         });
-        let registry = Registry::new(Arc::new(store), Default::default());
-        let engine = ferrohub_server::configurations::Engine::start(
-            registry.clone(),
-            std::time::Duration::from_secs(3600),
-        )
+        let hub = Hub::open(HubConfig {
+            data_dir: dir.path().to_owned(),
+            store: Arc::new(store),
+            policies: policies.clone(),
+            host_names: vec!["localhost".into()],
+            full_pass: std::time::Duration::from_secs(3600),
+            firmware_base_uri: "https://localhost".into(),
+            rollout_step: std::time::Duration::from_secs(3600),
+        })
         .await
         .unwrap();
-        let firmware = Arc::new(ferrohub_server::firmware::FirmwareStore::open(dir.path()).unwrap());
-        let rollouts = ferrohub_server::rollouts::Rollouts::start(
-            dir.path(),
-            registry.clone(),
-            engine.clone(),
-            firmware.clone(),
-            "https://localhost".into(),
-            std::time::Duration::from_secs(3600),
-        )
-        .await
-        .unwrap();
-        let state = Arc::new(AppState {
-            registry,
-            engine,
-            firmware,
-            rollouts,
-            auth: Authorizer::new(policies.clone(), vec!["localhost".into()]),
-            methods: Default::default(),
-            telemetry: Default::default(),
-        });
-        Self { app: router(state), policies, _dir: dir }
+        Self { app: router(hub), policies, _dir: dir }
     }
 
     fn token(&self, policy: &str) -> String {

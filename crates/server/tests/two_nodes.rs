@@ -7,7 +7,8 @@
 use std::sync::Arc;
 
 use ferrohub_core::identity::DeviceRequest;
-use ferrohub_server::registry::{IfMatch, Registry};
+use ferrohub_core::precondition::IfMatch;
+use ferrohub_server::hub::registry::Registry;
 use ferrohub_store::SqliteStore;
 use serde_json::json;
 
@@ -16,8 +17,8 @@ async fn a_write_by_another_node_is_never_overwritten_by_a_cached_record() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn ferrohub_store::Store> =
         Arc::new(SqliteStore::open(&dir.path().join("hub.db")).unwrap());
-    let a = Registry::new(store.clone(), Default::default());
-    let b = Registry::new(store, Default::default());
+    let (a, _) = Registry::new(store.clone(), Default::default());
+    let (b, _) = Registry::new(store, Default::default());
     a.create_device("d1", DeviceRequest::default(), None).await.unwrap();
     // Node A writes twice (the second from its cache), node B once in
     // between, then A again: every tag survives.

@@ -58,6 +58,6 @@ pub(super) async fn send(
         properties,
         body: body.to_vec(),
     };
-    crate::c2d::send(&state.registry, &id, &message).await?;
+    state.c2d.send(&id, &message).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -13,7 +13,7 @@ use super::body::JsonBody;
 use super::error::ApiResult;
 use super::watch::{snapshots, ticks, Snapshot};
 use super::{authorize, if_match, json, IdPath, State};
-use crate::registry::IfMatch;
+use ferrohub_core::precondition::IfMatch;
 
 pub(super) async fn get(
     AxState(state): AxState<State>,

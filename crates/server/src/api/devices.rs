@@ -11,8 +11,8 @@ use ferrohub_core::sas::Permission;
 use super::body::JsonBody;
 use super::error::ApiResult;
 use super::{authorize, if_match, json, IdPath, State};
-use crate::bulk::{self, ExportImportDevice};
-use crate::registry::IfMatch;
+use crate::hub::bulk::{self, ExportImportDevice};
+use ferrohub_core::precondition::IfMatch;
 
 pub(super) async fn list(
     AxState(state): AxState<State>,

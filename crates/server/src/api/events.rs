@@ -21,7 +21,7 @@ use tokio_stream::StreamExt;
 
 use super::error::ApiResult;
 use super::{authorize, State};
-use crate::telemetry::TelemetryEvent;
+use crate::hub::telemetry::TelemetryEvent;
 
 /// Most events a `last=` replay returns.
 const MAX_REPLAY: usize = 10_000;

@@ -15,29 +15,8 @@ use ferrohub_core::{ErrorCode, HubError};
 use tower::ServiceExt as _;
 
 use super::error::{ApiError, ApiResult};
-use super::{authorize, json, State};
-use crate::firmware::{check_sha256, not_found};
-
-/// Checks a device's own SAS token (or a DeviceConnect policy token) for a
-/// download; every failure is 401.
-async fn authorize_device(state: &super::AppState, headers: &HeaderMap) -> Result<(), HubError> {
-    let header = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| HubError::unauthorized("A device SAS token is required"))?;
-    let token = SasToken::parse(header)?;
-    let (device_id, _) =
-        token.device_identity().ok_or_else(|| HubError::unauthorized("The token names no device"))?;
-    let device_id = device_id.to_owned();
-    let record = state
-        .registry
-        .store()
-        .get_device(&device_id)
-        .await
-        .map_err(|e| crate::registry::store_error(e, &device_id))?
-        .ok_or_else(|| HubError::unauthorized("Unknown device"))?;
-    state.auth.authorize_device(header, &record.device).map(drop)
-}
+use super::{authorize, header_text, json, State};
+use crate::hub::firmware::{check_sha256, not_found};
 
 /// `GET /firmware/{sha256}`: the image bytes, with `Range` (206/416) and an
 /// `ETag` of the image's hash.
@@ -46,7 +25,7 @@ pub(super) async fn download(
     Path(sha): Path<String>,
     req: Request<Body>,
 ) -> ApiResult<Response> {
-    authorize_device(&state, req.headers()).await?;
+    state.authenticate_device(header_text(req.headers(), AUTHORIZATION), None).await?;
     check_sha256(&sha)?;
     if state.firmware.get(&sha)?.is_none() {
         return Err(not_found(&sha).into());
@@ -72,7 +51,7 @@ pub(super) async fn upload(
     authorize(&state, req.headers(), &[Permission::ServiceConnect])?;
     let version = query.get("version").ok_or_else(|| HubError::invalid("The query needs version=..."))?;
     let device_type = query.get("deviceType").map(String::as_str).unwrap_or("");
-    let image = state.firmware.upload(version, device_type, req.into_body()).await?;
+    let image = state.firmware.upload(version, device_type, req.into_body().into_data_stream()).await?;
     json(&image)
 }
 
@@ -128,7 +107,7 @@ pub(super) async fn public_key(AxState(state): AxState<State>, headers: HeaderMa
         .and_then(|h| SasToken::parse(h).ok())
         .is_some_and(|t| t.device_identity().is_some());
     if device_token {
-        authorize_device(&state, &headers).await?;
+        state.authenticate_device(header_text(&headers, AUTHORIZATION), None).await?;
     } else {
         authorize(&state, &headers, &[Permission::ServiceConnect, Permission::RegistryRead])?;
     }

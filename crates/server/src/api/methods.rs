@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::body::JsonBody;
 use super::error::ApiResult;
 use super::{authorize, json_response, IdPath, State};
-use crate::methods::{CONNECT_TIMEOUT_RANGE, RESPONSE_TIMEOUT_RANGE};
+use crate::hub::methods::{CONNECT_TIMEOUT_RANGE, RESPONSE_TIMEOUT_RANGE};
 
 /// Azure's `CloudToDeviceMethod`.
 #[derive(Debug, Deserialize)]

@@ -1,11 +1,11 @@
 //! The IoT Hub service REST API: same paths, verbs, JSON and errors as
 //! Azure, any `api-version` accepted.
 //!
-//! A request flows: TLS (axum-server) → router → [`auth`](crate::auth)
+//! A request flows: TLS (axum-server) → router → [`auth`](crate::hub::auth)
 //! checks the SAS token and the permission the route needs → the handler
-//! parses the body ([`body::JsonBody`], size-limited) → the
-//! [`Registry`](crate::registry::Registry) service layer → the store. Any
-//! failure is a [`HubError`] rendered by [`error::ApiError`].
+//! parses the body ([`body::JsonBody`], size-limited) → the [`Hub`] core.
+//! Any failure is a [`HubError`] rendered by [`error::ApiError`]. This
+//! module knows HTTP and the hub, nothing of the other transports.
 
 mod body;
 mod c2d;
@@ -33,30 +33,13 @@ use axum::Router;
 use ferrohub_core::sas::Permission;
 use ferrohub_core::{ErrorCode, HubError};
 
-use crate::auth::Authorizer;
-use crate::registry::{IfMatch, Registry};
+use ferrohub_core::precondition::IfMatch;
+
+use crate::hub::Hub;
 use error::{ApiError, ApiResult};
 
-/// What every handler can reach.
-pub struct AppState {
-    /// Registry and twins.
-    pub registry: Registry,
-    /// SAS verification.
-    pub auth: Authorizer,
-    /// Direct-method calls waiting for devices.
-    pub methods: Arc<crate::methods::PendingMethods>,
-    /// Recent and live telemetry.
-    pub telemetry: Arc<crate::telemetry::Telemetry>,
-    /// Automatic device configurations.
-    pub engine: Arc<crate::configurations::Engine>,
-    /// Firmware images and the signing key.
-    pub firmware: Arc<crate::firmware::FirmwareStore>,
-    /// Staged firmware rollouts.
-    pub rollouts: Arc<crate::rollouts::Rollouts>,
-}
-
-/// Shared handler state.
-pub type State = Arc<AppState>;
+/// Shared handler state: the hub core.
+pub type State = Arc<Hub>;
 
 /// The service API router.
 pub fn router(state: State) -> Router {
@@ -85,7 +68,6 @@ pub fn router(state: State) -> Router {
         .route("/firmware-rollouts/{id}", get(rollouts::get).delete(rollouts::delete))
         .route("/firmware-rollouts/{id}/watch", get(rollouts::watch))
         .route("/firmware-rollouts/{id}/{action}", post(rollouts::act))
-        .route("/$iothub/websocket", get(crate::mqtt::websocket))
         .route("/statistics/devices", get(stats::devices))
         .route("/statistics/service", get(stats::service))
         .fallback(not_found)
@@ -147,8 +129,13 @@ pub(crate) fn if_match(headers: &HeaderMap) -> ApiResult<IfMatch> {
     Ok(if inner == "*" { IfMatch::Any } else { IfMatch::Etag(inner.to_owned()) })
 }
 
+/// A header's value as text, if present and valid.
+pub(crate) fn header_text(headers: &HeaderMap, name: axum::http::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
 /// Checks the request's SAS token for one of `needed`.
-pub(crate) fn authorize(state: &AppState, headers: &HeaderMap, needed: &[Permission]) -> ApiResult<()> {
+pub(crate) fn authorize(state: &Hub, headers: &HeaderMap, needed: &[Permission]) -> ApiResult<()> {
     let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     state.auth.authorize_service(header, needed).map_err(ApiError)
 }

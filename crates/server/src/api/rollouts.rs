@@ -75,7 +75,7 @@ pub(super) async fn watch(
     // Subscribe first, so a change between the check and the stream counts.
     let changes = ticks(state.rollouts.subscribe());
     if state.rollouts.summary(&id).is_none() {
-        return Err(crate::rollouts::not_found(&id).into());
+        return Err(crate::hub::rollouts::not_found(&id).into());
     }
     let rollouts = state.rollouts.clone();
     Ok(snapshots(changes, move || match rollouts.summary(&id) {

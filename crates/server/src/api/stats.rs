@@ -23,6 +23,7 @@ pub(super) async fn devices(AxState(state): AxState<State>, headers: HeaderMap) 
 /// RegistryRead both suffice here.
 pub(super) async fn service(AxState(state): AxState<State>, headers: HeaderMap) -> ApiResult<Response> {
     authorize(&state, &headers, &[Permission::ServiceConnect, Permission::RegistryRead])?;
-    // No MQTT endpoint yet (next issue), so no device is ever connected.
-    Ok(json_response(&json!({ "connectedDeviceCount": 0 })))
+    // The live connections of this node, whatever their transport (one
+    // node today; several nodes will sum theirs).
+    Ok(json_response(&json!({ "connectedDeviceCount": state.presence.connected_count() })))
 }

@@ -3,11 +3,11 @@
 //! `selfSigned` devices the TLS client certificate's thumbprint.
 
 use ferrohub_core::identity::{AuthenticationType, DeviceStatus};
+use ferrohub_core::ErrorCode;
 use ferrohub_mqtt::v4::{Connect, ConnectReturnCode};
-use ferrohub_store::DeviceRecord;
 use sha1::Digest as _;
 
-use crate::api::AppState;
+use crate::hub::Hub;
 
 /// An accepted CONNECT.
 pub(crate) struct Authenticated {
@@ -27,7 +27,7 @@ const REFUSED: ConnectReturnCode = ConnectReturnCode::NotAuthorized;
 /// Checks a CONNECT. Every refusal is CONNACK 0x05, as IoT Hub answers; the
 /// reason is logged, not sent.
 pub(crate) async fn authenticate(
-    state: &AppState,
+    state: &Hub,
     connect: &Connect,
     client_cert: Option<&[u8]>,
 ) -> Result<Authenticated, ConnectReturnCode> {
@@ -42,21 +42,20 @@ pub(crate) async fn authenticate(
     if username.device_id != device_id {
         return Err(refuse("the username names another device than the client id"));
     }
-    let record: DeviceRecord = match state.registry.store().get_device(device_id).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return Err(refuse("unknown device")),
+    let device = match state.registry.get_device(device_id).await {
+        Ok(d) => d,
+        Err(e) if e.code == ErrorCode::DeviceNotFound => return Err(refuse("unknown device")),
         Err(e) => {
-            tracing::error!(%e, "store failure during CONNECT");
+            tracing::error!(%e, "hub failure during CONNECT");
             return Err(ConnectReturnCode::ServiceUnavailable);
         }
     };
-    if record.device.status == DeviceStatus::Disabled {
+    if device.status == DeviceStatus::Disabled {
         return Err(refuse("device disabled"));
     }
-    let auth = &record.device.authentication;
+    let auth = &device.authentication;
     if !login.password.is_empty() {
-        let expiry =
-            state.auth.authorize_device(&login.password, &record.device).map_err(|e| refuse(&e.message))?;
+        let expiry = state.auth.authorize_device(&login.password, &device).map_err(|e| refuse(&e.message))?;
         return Ok(Authenticated { device_id: device_id.to_owned(), expires: Some(expiry) });
     }
     match (auth.kind, client_cert) {

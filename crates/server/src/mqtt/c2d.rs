@@ -10,8 +10,7 @@ use ferrohub_mqtt::topic;
 use ferrohub_mqtt::v4::Publish;
 use ferrohub_mqtt::QoS;
 
-use crate::api::AppState;
-use crate::clock;
+use crate::hub::Hub;
 
 /// Messages sent and not yet acknowledged, at most.
 const WINDOW: usize = 8;
@@ -41,14 +40,12 @@ impl C2dDelivery {
     }
 
     /// The next messages to send, filling the window.
-    pub(crate) async fn next_batch(&mut self, state: &AppState) -> Vec<Publish> {
+    pub(crate) async fn next_batch(&mut self, hub: &Hub) -> Vec<Publish> {
         let room = WINDOW.saturating_sub(self.inflight.len());
         if room == 0 {
             return Vec::new();
         }
-        let store = state.registry.store();
-        let pending = match store.pending_c2d(&self.device_id, self.cursor, clock::unix_seconds(), room).await
-        {
+        let pending = match hub.c2d.next(&self.device_id, self.cursor, room).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(%e, "cannot read the cloud-to-device queue");
@@ -56,22 +53,12 @@ impl C2dDelivery {
             }
         };
         let mut out = Vec::with_capacity(pending.len());
-        for stored in pending {
-            self.cursor = self.cursor.max(stored.seq);
-            let message: CloudToDeviceMessage = match serde_json::from_str(&stored.message) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!(%e, seq = stored.seq, "unreadable queued message dropped");
-                    let _ = store.complete_c2d(&self.device_id, stored.seq).await;
-                    continue;
-                }
-            };
-            if let Err(e) = store.mark_c2d_delivered(&self.device_id, stored.seq).await {
-                tracing::warn!(%e, "cannot count a delivery");
-            }
+        for queued in pending {
+            self.cursor = self.cursor.max(queued.seq);
             let pkid = self.pkid();
-            self.inflight.push((pkid, stored.seq));
-            tracing::debug!(seq = stored.seq, pkid, "cloud-to-device message sent");
+            self.inflight.push((pkid, queued.seq));
+            tracing::debug!(seq = queued.seq, pkid, "cloud-to-device message sent");
+            let message = queued.message;
             let bag = format_bag(&system_properties(&self.device_id, &message), &app_properties(&message));
             let mut publish = Publish::from_bytes(
                 topic::c2d(&self.device_id, &bag),
@@ -85,11 +72,11 @@ impl C2dDelivery {
     }
 
     /// A PUBACK: completes the message. True if it freed room in the window.
-    pub(crate) async fn acked(&mut self, state: &AppState, pkid: u16) -> bool {
+    pub(crate) async fn acked(&mut self, hub: &Hub, pkid: u16) -> bool {
         let Some(i) = self.inflight.iter().position(|(p, _)| *p == pkid) else { return false };
         let (_, seq) = self.inflight.swap_remove(i);
         tracing::debug!(seq, pkid, "cloud-to-device message acknowledged");
-        if let Err(e) = state.registry.store().complete_c2d(&self.device_id, seq).await {
+        if let Err(e) = hub.c2d.complete(&self.device_id, seq).await {
             tracing::warn!(%e, seq, "cannot complete a delivered message");
         }
         true

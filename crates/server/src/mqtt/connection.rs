@@ -6,7 +6,6 @@
 //! delete, slow consumer). Protocol violations close this one connection and
 //! nothing else.
 
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,10 +20,12 @@ use tracing::Instrument as _;
 
 use super::c2d::C2dDelivery;
 use super::transport::Transport;
-use crate::api::AppState;
 use crate::clock;
-use crate::methods::MethodReply;
-use crate::presence::Outbound;
+use crate::hub::methods::MethodReply;
+use crate::hub::presence::Outbound;
+use crate::hub::sessions::DeviceConnection;
+use crate::hub::telemetry::TelemetryEvent;
+use crate::hub::Hub;
 
 /// How long a client may take to send CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,10 +33,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_KEEP_ALIVE: Duration = Duration::from_secs(1767);
 /// How often `lastActivityTime` is flushed while a device is busy.
 const ACTIVITY_FLUSH: Duration = Duration::from_secs(60);
-/// Room for hub-to-device pushes before the device counts as a slow consumer.
-const OUTBOUND_QUEUE: usize = 32;
 /// How long one write may wait for the device to read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long closing may wait for the device to take the close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle read buffers above this are released.
 const KEEP_BUFFER: usize = 4096;
 
@@ -51,7 +52,15 @@ enum End {
     TokenExpired,
     SlowConsumer,
     Violation(String),
+    /// The hub could not do what the device asked (a store failure).
+    Hub(ferrohub_core::HubError),
     Io(std::io::Error),
+}
+
+impl From<ferrohub_core::HubError> for End {
+    fn from(e: ferrohub_core::HubError) -> Self {
+        Self::Hub(e)
+    }
 }
 
 impl From<std::io::Error> for End {
@@ -65,7 +74,7 @@ fn violation(what: impl Into<String>) -> End {
 }
 
 /// Serves one connection to its end.
-pub(crate) async fn serve(state: Arc<AppState>, mut transport: Transport, client_cert: Option<Vec<u8>>) {
+pub(crate) async fn serve(state: Arc<Hub>, mut transport: Transport, client_cert: Option<Vec<u8>>) {
     let mut buf = BytesMut::new();
     let connect = match tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut transport, &mut buf)).await {
         Ok(Ok(c)) => c,
@@ -73,7 +82,7 @@ pub(crate) async fn serve(state: Arc<AppState>, mut transport: Transport, client
             if let Some(code) = code {
                 let _ = send(&mut transport, &Packet::ConnAck(ConnAck::new(code, false))).await;
             }
-            transport.shutdown().await;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, transport.shutdown()).await;
             return;
         }
         Err(_) => {
@@ -85,7 +94,7 @@ pub(crate) async fn serve(state: Arc<AppState>, mut transport: Transport, client
         Ok(who) => who,
         Err(code) => {
             let _ = send(&mut transport, &Packet::ConnAck(ConnAck::new(code, false))).await;
-            transport.shutdown().await;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, transport.shutdown()).await;
             return;
         }
     };
@@ -131,16 +140,14 @@ async fn send(transport: &mut Transport, packet: &Packet) -> Result<(), End> {
 }
 
 struct Session {
-    state: Arc<AppState>,
+    state: Arc<Hub>,
     transport: Transport,
     buf: BytesMut,
     device_id: String,
-    conn_id: u64,
-    persistent: bool,
-    subscriptions: Arc<AtomicU8>,
+    /// Presence and the persistent session; dropping it records the end.
+    conn: DeviceConnection,
     keep_alive: Option<Duration>,
     expires: Option<Instant>,
-    kick: Arc<tokio::sync::Notify>,
     rx: mpsc::Receiver<Outbound>,
     c2d: C2dDelivery,
     last_flush: Instant,
@@ -148,32 +155,16 @@ struct Session {
 
 impl Session {
     async fn start(
-        state: Arc<AppState>,
+        state: Arc<Hub>,
         mut transport: Transport,
         buf: BytesMut,
         connect: ferrohub_mqtt::v4::Connect,
         who: super::auth::Authenticated,
     ) -> Result<Self, End> {
-        let store = state.registry.store().clone();
         let device_id = who.device_id;
-        let persistent = !connect.clean_session;
-        let stored = if persistent {
-            store.load_session(&device_id).await.map_err(|e| violation(e.to_string()))?
-        } else {
-            store.delete_session(&device_id).await.map_err(|e| violation(e.to_string()))?;
-            None
-        };
-        let session_present = stored.is_some();
-        if persistent && !session_present {
-            store.save_session(&device_id, 0).await.map_err(|e| violation(e.to_string()))?;
-        }
-        let subscriptions = Arc::new(AtomicU8::new(stored.unwrap_or(0)));
-        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-        let presence = state.registry.presence().clone();
-        let reg = presence.register(&device_id, tx, subscriptions.clone());
-        if let Err(e) = state.registry.set_connection_state(&device_id, true).await {
-            tracing::warn!(device_id, %e, "could not record the connection");
-        }
+        let mut conn = state.sessions.connect(&device_id, !connect.clean_session).await?;
+        let rx = conn.take_outbound().ok_or_else(|| violation("outbound queue taken"))?;
+        let session_present = conn.session_present();
         send(&mut transport, &Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, session_present)))
             .await?;
         tracing::info!(device_id, session_present, "device connected");
@@ -189,12 +180,9 @@ impl Session {
             transport,
             buf,
             device_id,
-            conn_id: reg.id,
-            persistent,
-            subscriptions,
+            conn,
             keep_alive,
             expires,
-            kick: reg.kick,
             rx,
             c2d,
             last_flush: Instant::now(),
@@ -216,22 +204,23 @@ impl Session {
                 Ok(r) => r.map_err(End::Io),
                 Err(_) => Err(End::SlowConsumer),
             },
-            _ = self.kick.notified() => Err(End::Kicked),
+            _ = self.conn.kicked() => Err(End::Kicked),
         }
     }
 
     fn subscribed(&self, s: Subscription) -> bool {
-        self.subscriptions.load(Ordering::Relaxed) & s as u8 != 0
+        self.conn.subscribed(s)
     }
 
+    /// Runs the session to its end. `self.conn` records the disconnect
+    /// when it drops — however the loop ended, a panic included; here it is
+    /// dropped before the close, which may wait on a device that stopped
+    /// reading (and is bounded for that reason).
     async fn run(mut self) -> End {
         let end = self.run_loop().await;
-        let presence = self.state.registry.presence().clone();
-        presence.unregister(&self.device_id, self.conn_id);
-        if let Err(e) = self.state.registry.set_connection_state(&self.device_id, false).await {
-            tracing::debug!(device_id = self.device_id, %e, "could not record the disconnect");
-        }
-        self.transport.shutdown().await;
+        let Self { conn, mut transport, .. } = self;
+        drop(conn);
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, transport.shutdown()).await;
         end
     }
 
@@ -241,7 +230,7 @@ impl Session {
             let keep_alive = self.keep_alive.map(|k| last_read + k);
             tokio::select! {
                 biased;
-                _ = self.kick.notified() => return End::Kicked,
+                _ = self.conn.kicked() => return End::Kicked,
                 _ = sleep_until(self.expires) => return End::TokenExpired,
                 _ = sleep_until(keep_alive) => return End::KeepAlive,
                 read = self.transport.read(&mut self.buf) => {
@@ -319,12 +308,17 @@ impl Session {
                 if p.payload.len() > ferrohub_core::message::MAX_TELEMETRY {
                     return Err(violation("telemetry message over 256 KB"));
                 }
-                let props = bag.parse();
-                self.state.telemetry.push(super::telemetry_event(
+                let mut props = bag.parse();
+                if p.retain {
+                    props.application.insert("mqtt-retain", Some("true".into()));
+                }
+                // Copy: the payload is a view into the connection's read buffer.
+                let body = Bytes::copy_from_slice(&p.payload);
+                self.state.telemetry.push(TelemetryEvent::from_device(
                     &self.device_id,
                     props,
-                    p.retain,
-                    &p.payload,
+                    body,
+                    clock::now(),
                 ));
             }
             Inbound::TwinGet { rid } => {
@@ -388,48 +382,32 @@ impl Session {
 
     async fn on_subscribe(&mut self, s: ferrohub_mqtt::v4::Subscribe) -> Result<(), End> {
         let mut codes = Vec::with_capacity(s.filters.len());
-        let mut added = 0u8;
+        let mut next = self.conn.subscriptions();
         for f in &s.filters {
             let sub = topic::parse_filter(&f.path, &self.device_id)
                 .map_err(|e| violation(format!("subscribe to {}: {e}", f.path)))?;
-            added |= sub as u8;
+            next.insert(sub);
             codes.push(topic::granted_qos(f.qos));
         }
-        let before = self.subscriptions.fetch_or(added, Ordering::Relaxed);
-        tracing::debug!(added, before, "subscribed");
-        self.save_session().await?;
+        let before = self.conn.set_subscriptions(next).await?;
+        tracing::debug!(?next, ?before, "subscribed");
         self.send(&Packet::SubAck(SubAck::new(s.pkid, codes))).await?;
-        self.state.registry.presence().notify_changed();
-        if added & Subscription::C2d as u8 != 0 && before & Subscription::C2d as u8 == 0 {
+        if next.contains(Subscription::C2d) && !before.contains(Subscription::C2d) {
             self.deliver_c2d().await?;
         }
         Ok(())
     }
 
     async fn on_unsubscribe(&mut self, u: ferrohub_mqtt::v4::Unsubscribe) -> Result<(), End> {
-        let mut removed = 0u8;
+        let mut next = self.conn.subscriptions();
         for t in &u.topics {
             let sub = topic::parse_filter(t, &self.device_id)
                 .map_err(|e| violation(format!("unsubscribe {t}: {e}")))?;
-            removed |= sub as u8;
+            next.remove(sub);
         }
-        self.subscriptions.fetch_and(!removed, Ordering::Relaxed);
-        tracing::debug!(removed, "unsubscribed");
-        self.save_session().await?;
+        self.conn.set_subscriptions(next).await?;
+        tracing::debug!(?next, "unsubscribed");
         self.send(&Packet::UnsubAck(UnsubAck::new(u.pkid))).await
-    }
-
-    async fn save_session(&mut self) -> Result<(), End> {
-        if self.persistent {
-            let bits = self.subscriptions.load(Ordering::Relaxed);
-            self.state
-                .registry
-                .store()
-                .save_session(&self.device_id, bits)
-                .await
-                .map_err(|e| violation(e.to_string()))?;
-        }
-        Ok(())
     }
 
     async fn push(&mut self, out: Outbound) -> Result<(), End> {
@@ -440,11 +418,9 @@ impl Session {
             }
             Outbound::Method { name, rid, payload } => {
                 let topic = topic::method_request(&name, &rid).map_err(|e| violation(e.to_string()))?;
-                send(
-                    &mut self.transport,
-                    &Packet::Publish(Publish::from_bytes(topic, QoS::AtMostOnce, payload)),
-                )
-                .await
+                // Through `self.send` like every push: the same write
+                // timeout and kick.
+                self.send(&Packet::Publish(Publish::from_bytes(topic, QoS::AtMostOnce, payload))).await
             }
             Outbound::C2dAvailable => self.deliver_c2d().await,
         }

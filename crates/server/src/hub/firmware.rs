@@ -11,12 +11,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use axum::body::Body;
+use bytes::Bytes;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
 use ed25519_dalek::SigningKey;
 use ferrohub_core::firmware::{validate_version, FirmwareImage, FirmwareManifest};
 use ferrohub_core::{ErrorCode, HubError, HubResult};
-use http_body_util::BodyExt as _;
+use futures_util::{Stream, StreamExt as _};
 use sha2::Digest as _;
 use tokio::io::AsyncWriteExt as _;
 
@@ -81,10 +81,16 @@ impl FirmwareStore {
         self.dir.join(format!("{sha}.json"))
     }
 
-    /// Stores an image streamed from `body`, returning its signed record.
+    /// Stores an image streamed from `body` (any transport's byte stream),
+    /// returning its signed record.
     /// The same bytes uploaded again under the same version return the
     /// existing record; under another version they are refused.
-    pub async fn upload(&self, version: &str, device_type: &str, body: Body) -> HubResult<FirmwareImage> {
+    pub async fn upload<E: std::fmt::Display>(
+        &self,
+        version: &str,
+        device_type: &str,
+        body: impl Stream<Item = Result<Bytes, E>> + Unpin,
+    ) -> HubResult<FirmwareImage> {
         validate_version(version)?;
         let tmp = self.dir.join(format!(".upload-{}", uuid::Uuid::new_v4().simple()));
         let result = self.receive(&tmp, body).await;
@@ -120,24 +126,22 @@ impl FirmwareStore {
         Ok(image)
     }
 
-    async fn receive(&self, tmp: &Path, body: Body) -> HubResult<(String, u64)> {
+    async fn receive<E: std::fmt::Display>(
+        &self,
+        tmp: &Path,
+        mut body: impl Stream<Item = Result<Bytes, E>> + Unpin,
+    ) -> HubResult<(String, u64)> {
         let mut file = tokio::fs::File::create(tmp).await.map_err(internal)?;
         let mut hasher = sha2::Sha256::new();
         let mut size = 0u64;
-        let mut body = body;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| HubError::format(format!("The upload was cut off: {e}")))?;
-            if let Ok(data) = frame.into_data() {
-                size += data.len() as u64;
-                if size > MAX_IMAGE {
-                    return Err(HubError::new(
-                        ErrorCode::MessageTooLarge,
-                        "A firmware image is at most 4 GiB",
-                    ));
-                }
-                hasher.update(&data);
-                file.write_all(&data).await.map_err(internal)?;
+        while let Some(data) = body.next().await {
+            let data = data.map_err(|e| HubError::format(format!("The upload was cut off: {e}")))?;
+            size += data.len() as u64;
+            if size > MAX_IMAGE {
+                return Err(HubError::new(ErrorCode::MessageTooLarge, "A firmware image is at most 4 GiB"));
             }
+            hasher.update(&data);
+            file.write_all(&data).await.map_err(internal)?;
         }
         if size == 0 {
             return Err(HubError::new(ErrorCode::ArgumentNull, "The firmware image is empty"));

@@ -13,7 +13,8 @@ use ferrohub_core::{ErrorCode, HubError, HubResult};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::registry::{IfMatch, Registry};
+use super::registry::Registry;
+use ferrohub_core::precondition::IfMatch;
 
 /// Azure's limit on identities per bulk request.
 pub const MAX_BULK: usize = 100;

@@ -33,9 +33,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::{watch, Mutex};
 
-use crate::configurations::Engine;
-use crate::firmware::{check_sha256, FirmwareStore};
-use crate::registry::{IfMatch, Registry};
+use super::configurations::Engine;
+use super::firmware::{check_sha256, FirmwareStore};
+use super::registry::Registry;
+use ferrohub_core::precondition::IfMatch;
 
 /// Twins tagged at the same time (their writes share group commits).
 const TAG_CONCURRENTLY: usize = 256;
@@ -305,7 +306,7 @@ impl Rollouts {
     }
 
     fn image(&self, sha256: &str) -> HubResult<FirmwareImage> {
-        self.firmware.get(sha256)?.ok_or_else(|| crate::firmware::not_found(sha256))
+        self.firmware.get(sha256)?.ok_or_else(|| super::firmware::not_found(sha256))
     }
 
     async fn put_configuration(&self, id: &str, config: &Value) -> HubResult<()> {

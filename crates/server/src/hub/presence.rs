@@ -19,7 +19,7 @@ pub(crate) type Subscriptions = Arc<AtomicU8>;
 
 /// Something the hub wants a connected device to receive.
 #[derive(Debug)]
-pub(crate) enum Outbound {
+pub enum Outbound {
     /// A desired-properties notification (body includes `$version`).
     Desired { version: i64, body: Bytes },
     /// A direct method call.
@@ -30,7 +30,7 @@ pub(crate) enum Outbound {
 
 /// Outcome of [`Presence::send`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Delivery {
+pub enum Delivery {
     /// Queued for the connection.
     Queued,
     /// No live connection (or it lacks the subscription).

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use ferrohub_core::message::render_body;
 use ferrohub_core::time::Timestamp;
+use ferrohub_mqtt::bag::MessageProperties;
 use serde_json::{json, Map, Value};
 use tokio::sync::broadcast;
 
@@ -38,6 +39,28 @@ pub struct TelemetryEvent {
 }
 
 impl TelemetryEvent {
+    /// A device's message as every transport hands it over: its system
+    /// and application properties (one mapping per transport feeds these),
+    /// stamped with the hub's receipt time and the sending device.
+    pub fn from_device(device_id: &str, props: MessageProperties, body: Bytes, now: Timestamp) -> Self {
+        let mut system = match serde_json::to_value(&props.system) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        system.insert("iothub-connection-device-id".into(), Value::String(device_id.to_owned()));
+        let properties = match serde_json::to_value(&props.application) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        Self {
+            device_id: device_id.to_owned(),
+            enqueued_time: now,
+            system_properties: system,
+            properties,
+            body,
+        }
+    }
+
     /// The JSON form `GET /events` sends.
     pub fn to_json(&self) -> Value {
         let (body, encoding) = render_body(&self.body);

@@ -10,7 +10,7 @@ use ferrohub_core::{ErrorCode, HubError, HubResult};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::presence::{Delivery, Outbound, Presence};
+use super::presence::{Delivery, Outbound, Presence};
 use ferrohub_mqtt::topic::Subscription;
 
 /// A device's answer: its status and payload (any JSON, or null).

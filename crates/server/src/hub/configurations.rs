@@ -32,8 +32,11 @@ use futures_util::StreamExt as _;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
+use super::mint::new_etag;
+use super::registry::{ChangeFeed, DeviceChanged, Registry};
+use super::store_error::Entity;
 use crate::clock;
-use crate::registry::{new_etag, IfMatch, Registry};
+use ferrohub_core::precondition::IfMatch;
 
 /// What the worker is asked to do.
 #[derive(Debug)]
@@ -197,22 +200,18 @@ fn with_checks<T>(f: impl FnOnce(&QueryChecks<'_>) -> T) -> T {
 }
 
 fn store_error(e: StoreError, id: &str) -> HubError {
-    match e {
-        StoreError::NotFound => configuration::not_found(id),
-        StoreError::AlreadyExists => configuration::already_exists(id),
-        StoreError::Conflict => HubError::precondition_failed(),
-        StoreError::LimitReached => configuration::check_count(configuration::MAX_CONFIGURATIONS)
-            .err()
-            .unwrap_or_else(|| HubError::internal("configuration limit")),
-        e => crate::registry::store_error(e, id),
-    }
+    super::store_error::store_error(e, Entity::Configuration(id))
 }
 
 impl Engine {
     /// Loads the stored configurations and starts the worker, which first
     /// runs a full pass (completing anything half-applied before a crash)
     /// and then one every `full_pass`.
-    pub async fn start(registry: Registry, full_pass: Duration) -> anyhow::Result<Arc<Self>> {
+    pub async fn start(
+        registry: Registry,
+        changes: ChangeFeed,
+        full_pass: Duration,
+    ) -> anyhow::Result<Arc<Self>> {
         let (tx, rx) = mpsc::unbounded_channel();
         let engine = Arc::new(Self {
             registry: registry.clone(),
@@ -235,9 +234,8 @@ impl Engine {
             }
         }));
         engine.recount();
-        registry.set_change_listener(tx.clone());
         let _ = tx.send(Work::All);
-        tokio::spawn(engine.clone().run(rx, full_pass));
+        tokio::spawn(engine.clone().run(rx, changes, full_pass));
         Ok(engine)
     }
 
@@ -249,11 +247,17 @@ impl Engine {
         self.configs.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
     }
 
-    async fn run(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Work>, full_pass: Duration) {
+    async fn run(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<Work>,
+        mut changes: ChangeFeed,
+        full_pass: Duration,
+    ) {
         let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + full_pass, full_pass);
         loop {
             let first = tokio::select! {
                 w = rx.recv() => match w { Some(w) => w, None => return },
+                Some(DeviceChanged(d)) = changes.recv() => Work::Device(d),
                 _ = timer.tick() => Work::All,
             };
             // Take everything queued so far: one pass per burst.
@@ -269,6 +273,9 @@ impl Engine {
                         devices.insert(d);
                     }
                 }
+            }
+            while let Ok(DeviceChanged(d)) = changes.try_recv() {
+                devices.insert(d);
             }
             if all {
                 devices.extend(self.registry.index().ids());
@@ -543,8 +550,8 @@ mod tests {
         records[3] = record("d000003", ConnectionState::Connected);
         records[LOAD_PAGE + 5] = record(&format!("d{:06}", LOAD_PAGE + 5), ConnectionState::Connected);
         store.create_devices_bulk(&records).await.unwrap();
-        let registry = Registry::new(Arc::new(store.clone()), Arc::default());
-        let _engine = Engine::start(registry.clone(), Duration::from_secs(3600)).await.unwrap();
+        let (registry, changes) = Registry::new(Arc::new(store.clone()), Arc::default());
+        let _engine = Engine::start(registry.clone(), changes, Duration::from_secs(3600)).await.unwrap();
         assert_eq!(registry.index().ids().len(), LOAD_PAGE + 10);
         for id in ["d000003".to_owned(), format!("d{:06}", LOAD_PAGE + 5), "d000004".to_owned()] {
             assert_eq!(registry.index().get(&id).unwrap()["connectionState"], "Disconnected", "{id}");

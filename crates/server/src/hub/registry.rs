@@ -1,5 +1,4 @@
-//! The service layer: registry and twin operations shared by the REST API
-//! (and, from the next issue on, the MQTT endpoint).
+//! Identities and twins: the registry every transport writes through.
 //!
 //! Every write is read → compute with the pure core → conditional store
 //! write; a concurrent writer makes the store answer `Conflict` and the
@@ -8,16 +7,18 @@
 
 use std::sync::Arc;
 
-use ferrohub_core::identity::{Device, DeviceRequest, Minted};
+use ferrohub_core::identity::{Device, DeviceRequest};
+use ferrohub_core::precondition::IfMatch;
 use ferrohub_core::time::Timestamp;
 use ferrohub_core::twin::{TwinChange, TwinState};
 use ferrohub_core::{HubError, HubResult};
 use ferrohub_store::{DeviceCounts, DeviceRecord, Store, StoreError};
-use rand::Rng;
 use serde_json::Value;
 
+use super::mint::{minted, new_key};
+use super::presence::{Outbound, Presence};
+use super::store_error::Entity;
 use crate::clock;
-use crate::presence::{Outbound, Presence};
 use ferrohub_mqtt::topic::Subscription;
 
 /// Writes to one device are serialised by one of these locks (chosen by a
@@ -54,109 +55,49 @@ fn remember(cache: &mut std::collections::HashMap<String, DeviceRecord>, record:
 /// How many times a write is recomputed after losing a race.
 const MAX_ATTEMPTS: usize = 16;
 
-/// An `If-Match` precondition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IfMatch {
-    /// No header: for `PUT /devices/{id}` this means "create".
-    Absent,
-    /// `*`: whatever the current etag is.
-    Any,
-    /// A specific etag (quotes stripped).
-    Etag(String),
-}
-
-impl IfMatch {
-    fn check(&self, current: &str) -> HubResult<()> {
-        match self {
-            Self::Etag(e) if e != current => Err(HubError::precondition_failed()),
-            _ => Ok(()),
-        }
-    }
-}
-
 /// The registry and twins of one hub.
 #[derive(Clone)]
 pub struct Registry {
     store: Arc<dyn Store>,
     presence: Arc<Presence>,
     stripes: Arc<Vec<Stripe>>,
-    /// Where twin changes are announced (the configuration engine).
-    changes: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<crate::configurations::Work>>>,
+    /// Where committed changes are announced ([`ChangeFeed`]).
+    changes: tokio::sync::mpsc::UnboundedSender<DeviceChanged>,
     /// Every twin's query document, kept current by every write here.
-    index: Arc<crate::twin_index::TwinIndex>,
+    index: Arc<super::twin_index::TwinIndex>,
 }
 
-pub(crate) fn store_error(e: StoreError, device_id: &str) -> HubError {
-    match e {
-        StoreError::NotFound => HubError::device_not_found(device_id),
-        StoreError::AlreadyExists => HubError::new(
-            ferrohub_core::ErrorCode::DeviceAlreadyExists,
-            format!("A device with ID '{device_id}' is already registered"),
-        ),
-        StoreError::Conflict => HubError::precondition_failed(),
-        StoreError::LimitReached => {
-            HubError::new(ferrohub_core::ErrorCode::IotHubQuotaExceeded, "A limit of this hub is reached")
-        }
-        StoreError::QueueFull => HubError::new(
-            ferrohub_core::ErrorCode::DeviceMaximumQueueDepthExceeded,
-            format!("The cloud-to-device queue of device {device_id} is full"),
-        ),
-        StoreError::Backend(detail) => {
-            tracing::error!(%detail, "store failure");
-            HubError::internal("The hub could not complete the operation")
-        }
-    }
-}
+/// A committed change to a device that may alter which configurations
+/// target it, or a metric: announced on the [`ChangeFeed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceChanged(pub String);
 
-/// A fresh random symmetric key: 32 bytes, base64 (what Azure issues).
-pub(crate) fn new_key() -> String {
-    use base64::Engine as _;
-    let bytes: [u8; 32] = rand::thread_rng().gen();
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
+/// The receiving end of the registry's announcements. The configuration
+/// engine reads it; the registry never names its readers.
+pub type ChangeFeed = tokio::sync::mpsc::UnboundedReceiver<DeviceChanged>;
 
-/// A fresh identity etag. Azure's are base64 text of a number; random
-/// numbers keep an etag from a deleted device from matching its successor.
-pub(crate) fn new_etag() -> String {
-    use base64::Engine as _;
-    let n: u64 = rand::thread_rng().gen_range(100_000_000..u64::MAX / 2);
-    base64::engine::general_purpose::STANDARD.encode(n.to_string())
-}
-
-fn new_generation_id() -> String {
-    rand::thread_rng().gen_range(100_000_000_000_000_000u64..1_000_000_000_000_000_000).to_string()
-}
-
-fn minted(now: Timestamp, key: &mut dyn FnMut() -> String) -> Minted<'_> {
-    Minted { now, etag: new_etag(), generation_id: new_generation_id(), new_key: key }
+fn store_error(e: StoreError, device_id: &str) -> HubError {
+    super::store_error::store_error(e, Entity::Device(device_id))
 }
 
 impl Registry {
-    /// A registry over a store, pushing changes to `presence`'s connections.
-    pub fn new(store: Arc<dyn Store>, presence: Arc<Presence>) -> Self {
+    /// A registry over a store, pushing changes to `presence`'s connections,
+    /// and the feed on which it announces every committed device change.
+    pub fn new(store: Arc<dyn Store>, presence: Arc<Presence>) -> (Self, ChangeFeed) {
         let stripes = Arc::new((0..STRIPES).map(|_| Stripe::default()).collect());
-        Self { store, presence, stripes, changes: Arc::default(), index: Arc::default() }
+        let (changes, feed) = tokio::sync::mpsc::unbounded_channel();
+        (Self { store, presence, stripes, changes, index: Arc::default() }, feed)
     }
 
     /// The in-memory query documents.
-    pub(crate) fn index(&self) -> &Arc<crate::twin_index::TwinIndex> {
+    pub(crate) fn index(&self) -> &Arc<super::twin_index::TwinIndex> {
         &self.index
     }
 
-    /// Sends every later device change to `tx` (set once, by the engine).
-    pub(crate) fn set_change_listener(
-        &self,
-        tx: tokio::sync::mpsc::UnboundedSender<crate::configurations::Work>,
-    ) {
-        let _ = self.changes.set(tx);
-    }
-
-    /// Tells the engine a device changed in a way that may alter which
-    /// configurations target it (or a metric).
+    /// Announces that a device changed in a way that may alter which
+    /// configurations target it (or a metric). Nobody listening is fine.
     fn changed(&self, device_id: &str) {
-        if let Some(tx) = self.changes.get() {
-            let _ = tx.send(crate::configurations::Work::Device(device_id.to_owned()));
-        }
+        let _ = self.changes.send(DeviceChanged(device_id.to_owned()));
     }
 
     /// Runs a configuration evaluation on a twin under the device's write
@@ -249,7 +190,7 @@ impl Registry {
             Some(n) if (1..=1000).contains(&n) => n as usize,
             _ => 1000,
         };
-        self.store.list_devices(top).await.map_err(|e| store_error(e, ""))
+        self.store.list_devices(top).await.map_err(|e| super::store_error::store_error(e, Entity::Hub))
     }
 
     /// Updates a device's identity under an If-Match precondition.
@@ -467,6 +408,6 @@ impl Registry {
 
     /// Registry statistics.
     pub async fn device_counts(&self) -> HubResult<DeviceCounts> {
-        self.store.device_counts().await.map_err(|e| store_error(e, ""))
+        self.store.device_counts().await.map_err(|e| super::store_error::store_error(e, Entity::Hub))
     }
 }
