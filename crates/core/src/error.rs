@@ -44,6 +44,9 @@ pub enum ErrorCode {
     DeviceAlreadyExists,
     /// If-Match did not match the current etag.
     PreconditionFailed,
+    /// A cloud-to-device message (or feedback batch) was settled with a lock
+    /// token that is not the current one: wrong, expired or already used.
+    DeviceMessageLockLost,
     /// The request body is larger than the hub accepts.
     MessageTooLarge,
     /// Too many devices in one request or in the hub.
@@ -91,6 +94,7 @@ impl ErrorCode {
             Self::IotHubNotFound => "IotHubNotFound",
             Self::DeviceAlreadyExists => "DeviceAlreadyExists",
             Self::PreconditionFailed => "PreconditionFailed",
+            Self::DeviceMessageLockLost => "DeviceMessageLockLost",
             Self::MessageTooLarge => "MessageTooLarge",
             Self::TooManyDevices => "TooManyDevices",
             Self::ThrottlingException => "ThrottlingException",
@@ -127,7 +131,7 @@ impl ErrorCode {
             | Self::DeviceNotOnline
             | Self::ConfigurationNotFound => 404,
             Self::DeviceAlreadyExists | Self::ConfigurationAlreadyExists => 409,
-            Self::PreconditionFailed => 412,
+            Self::PreconditionFailed | Self::DeviceMessageLockLost => 412,
             Self::MessageTooLarge | Self::TooManyDevices | Self::ConfigurationCountLimitExceeded => 413,
             Self::ThrottlingException => 429,
             Self::ServerError => 500,
@@ -159,6 +163,7 @@ impl ErrorCode {
             Self::IotHubNotFound => 404000,
             Self::DeviceAlreadyExists => 409001,
             Self::PreconditionFailed => 412001,
+            Self::DeviceMessageLockLost => 412002,
             Self::MessageTooLarge => 413001,
             Self::TooManyDevices => 413002,
             Self::ThrottlingException => 429001,
@@ -222,6 +227,15 @@ impl HubError {
         )
     }
 
+    /// 412 DeviceMessageLockLost: the lock token does not hold the message
+    /// (or feedback batch) any more, or never did.
+    pub fn lock_lost(lock_token: &str) -> Self {
+        Self::new(
+            ErrorCode::DeviceMessageLockLost,
+            format!("The lock token {lock_token} does not hold a message: it is unknown, expired or already settled"),
+        )
+    }
+
     /// 401 IotHubUnauthorizedAccess.
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::IotHubUnauthorizedAccess, message)
@@ -259,6 +273,7 @@ mod tests {
             ErrorCode::IotHubNotFound,
             ErrorCode::DeviceAlreadyExists,
             ErrorCode::PreconditionFailed,
+            ErrorCode::DeviceMessageLockLost,
             ErrorCode::MessageTooLarge,
             ErrorCode::TooManyDevices,
             ErrorCode::ThrottlingException,

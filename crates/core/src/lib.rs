@@ -1,6 +1,8 @@
 //! ferrohub's pure core: the IoT Hub domain without IO.
 //!
 //! - [`error`]: Azure error codes and their HTTP statuses.
+//! - [`c2d`]: cloud-to-device delivery rules: locks, settlements,
+//!   dead-lettering, feedback.
 //! - [`identity`]: device identities and the registry's rules.
 //! - [`twin`]: twin documents, patch semantics, versions, metadata, limits.
 //! - [`configuration`]: automatic device configurations and which one writes
@@ -12,6 +14,7 @@
 //! - [`connection_string`]: IoT Hub connection strings.
 //! - [`time`]: timestamps in IoT Hub's text form.
 
+pub mod c2d;
 pub mod configuration;
 pub mod connection_string;
 pub mod error;

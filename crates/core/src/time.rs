@@ -23,6 +23,17 @@ impl Timestamp {
         Self(OffsetDateTime::from_unix_timestamp_nanos(unix_nanos).unwrap_or(OffsetDateTime::UNIX_EPOCH))
     }
 
+    /// The instant `unix_millis` milliseconds after the Unix epoch (the unit
+    /// the store keeps queue times in).
+    pub fn from_unix_millis(unix_millis: i64) -> Self {
+        Self::from_unix_nanos(i128::from(unix_millis) * 1_000_000)
+    }
+
+    /// Milliseconds since the Unix epoch (sub-millisecond parts dropped).
+    pub fn unix_millis(self) -> i64 {
+        (self.0.unix_timestamp_nanos().div_euclid(1_000_000)) as i64
+    }
+
     /// Wraps a `time` value (converted to UTC).
     pub fn from_datetime(t: OffsetDateTime) -> Self {
         Self(t.to_offset(time::UtcOffset::UTC))
@@ -81,6 +92,13 @@ mod tests {
     fn formats_with_seven_fraction_digits() {
         let t = Timestamp::from_unix_nanos(1_545_338_240_327_520_700);
         assert_eq!(t.to_iso(), "2018-12-20T20:37:20.3275207Z");
+    }
+
+    #[test]
+    fn converts_to_and_from_milliseconds() {
+        let t = Timestamp::from_unix_nanos(1_700_000_000_123_456_700);
+        assert_eq!(t.unix_millis(), 1_700_000_000_123);
+        assert_eq!(Timestamp::from_unix_millis(1_700_000_000_123).to_iso(), "2023-11-14T22:13:20.1230000Z");
     }
 
     #[test]

@@ -7,14 +7,17 @@
 //! the caller recomputes. That keeps read-modify-write rules (etags, twin
 //! merges) in the pure core and works the same on every backend.
 
+mod c2d;
 mod migrations;
 mod sqlite;
 
 use async_trait::async_trait;
+use ferrohub_core::c2d::{AfterSettle, FeedbackRecord, Settlement};
 use ferrohub_core::identity::{Device, DeviceStatus};
 use ferrohub_core::twin::TwinState;
 use serde::{Deserialize, Serialize};
 
+pub use c2d::{LockedC2d, NewC2d, Settled};
 pub use sqlite::SqliteStore;
 
 /// One device: its identity and its twin, stored together so that an identity
@@ -134,9 +137,139 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets a device's persistent MQTT session.
     async fn delete_session(&self, device_id: &str) -> StoreResult<()>;
 
+    // The cloud-to-device queue. One queue per device serves every
+    // transport; a message is locked to one receiver at a time. Callers pass
+    // `now_ms` (Unix milliseconds): the store reads no clock for these
+    // rules. Every write first expires the device's messages whose time to
+    // live has passed (writing their Expired feedback), so expired messages
+    // never count, lock or settle.
+
+    /// Appends a message to a device's queue unless it already holds
+    /// `max_depth` unexpired ones, locked or not ([`StoreError::QueueFull`]);
+    /// [`StoreError::NotFound`] when the device does not exist. The device's
+    /// generation id is stored with it for the feedback. Returns its `seq`.
+    async fn enqueue_c2d_message(
+        &self,
+        device_id: &str,
+        message: NewC2d,
+        max_depth: usize,
+        now_ms: i64,
+    ) -> StoreResult<i64>;
+
+    /// A receive (HTTPS; AMQP later): locks the oldest available message
+    /// for `ferrohub_core::c2d::LOCK_DURATION_MS` under `lock_token` (a
+    /// fresh UUID from the caller). `None` when nothing is available. A lock
+    /// that runs out makes the message available again with its delivery
+    /// count unchanged, and its token stops working.
+    async fn receive_c2d(
+        &self,
+        device_id: &str,
+        lock_token: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<LockedC2d>>;
+
+    /// Settles the message a receive lock holds: complete, reject or
+    /// abandon (the rule is `ferrohub_core::c2d::settle`; an abandon counts
+    /// a delivery and the one reaching `max_delivery_count` dead-letters).
+    /// Writes the feedback the message's ack mode asks for in the same
+    /// transaction. [`Settled::LockLost`] (nothing changed) when the token
+    /// holds no message of this device: unknown, run out, already settled,
+    /// a connection's token, or the message expired.
+    async fn settle_c2d(
+        &self,
+        device_id: &str,
+        lock_token: &str,
+        settlement: Settlement,
+        max_delivery_count: u32,
+        now_ms: i64,
+    ) -> StoreResult<Settled<AfterSettle>>;
+
+    /// MQTT: locks up to `limit` available messages, oldest first, to the
+    /// connection `connection_token` (one token per connection, chosen by
+    /// the caller), with no end: they stay locked until completed or
+    /// released. Messages the connection already holds are not returned
+    /// again.
+    async fn lock_c2d_for_connection(
+        &self,
+        device_id: &str,
+        connection_token: &str,
+        limit: usize,
+        now_ms: i64,
+    ) -> StoreResult<Vec<LockedC2d>>;
+
+    /// MQTT PUBACK: completes message `seq` held by the connection (with
+    /// Success feedback when asked for). [`Settled::LockLost`] (nothing
+    /// changed) when the connection does not hold it (or it expired).
+    async fn complete_c2d_for_connection(
+        &self,
+        device_id: &str,
+        connection_token: &str,
+        seq: i64,
+        now_ms: i64,
+    ) -> StoreResult<Settled<()>>;
+
+    /// MQTT connection end: every message the connection still holds goes
+    /// back to the queue, counting a delivery each (an implicit abandon:
+    /// `ferrohub_core::c2d::release_unacknowledged`); one reaching
+    /// `max_delivery_count` is dead-lettered with its feedback. Returns how
+    /// many messages were released.
+    async fn release_c2d_connection(
+        &self,
+        device_id: &str,
+        connection_token: &str,
+        max_delivery_count: u32,
+        now_ms: i64,
+    ) -> StoreResult<usize>;
+
+    /// At start: connections do not outlive the hub process, so every
+    /// connection lock is dropped, without counting a delivery (the hub
+    /// stopped, not the device). Receive locks keep their end. Returns how
+    /// many messages were unlocked.
+    async fn release_all_c2d_connection_locks(&self) -> StoreResult<usize>;
+
+    /// Deletes every message of a device's queue, locked or not, writing
+    /// Purged feedback where the ack mode asks for it (already expired ones
+    /// get Expired). Returns how many were purged (`totalMessagesPurged`);
+    /// [`StoreError::NotFound`] when the device does not exist.
+    async fn purge_c2d(&self, device_id: &str, now_ms: i64) -> StoreResult<usize>;
+
+    /// The periodic sweep: expires every device's messages past their time
+    /// to live (Expired feedback dated at the expiry) and drops feedback
+    /// past `ferrohub_core::c2d::FEEDBACK_TTL_MS` that no reader holds.
+    /// Returns how many messages expired.
+    async fn expire_c2d(&self, now_ms: i64) -> StoreResult<usize>;
+
+    /// The service's feedback receive: runs the sweep of
+    /// [`Store::expire_c2d`], then locks up to `max` available feedback
+    /// records, oldest first, for `ferrohub_core::c2d::FEEDBACK_LOCK_DURATION_MS`
+    /// under `lock_token` (a fresh UUID from the caller). Empty when there is
+    /// nothing (the route answers 204). Feedback outlives its device.
+    async fn receive_feedback(
+        &self,
+        lock_token: &str,
+        max: usize,
+        now_ms: i64,
+    ) -> StoreResult<Vec<FeedbackRecord>>;
+
+    /// Deletes the feedback batch `lock_token` holds; returns how many
+    /// records. [`Settled::LockLost`] (nothing changed) when it holds none.
+    async fn complete_feedback(&self, lock_token: &str, now_ms: i64) -> StoreResult<Settled<usize>>;
+
+    /// Puts the feedback batch `lock_token` holds back, counting a delivery
+    /// per record (a record reaching
+    /// `ferrohub_core::c2d::FEEDBACK_MAX_DELIVERY_COUNT` is dropped);
+    /// returns how many records. [`Settled::LockLost`] (nothing changed)
+    /// when it holds none.
+    async fn abandon_feedback(&self, lock_token: &str, now_ms: i64) -> StoreResult<Settled<usize>>;
+
+    // The first queue API (seconds, no locks), still used by the server's
+    // MQTT delivery until it moves to the methods above. Its messages have
+    // ack none.
+
     /// Appends a cloud-to-device message unless the device already has
     /// `max_depth` unexpired ones ([`StoreError::QueueFull`]); expired ones
-    /// are dropped first. Returns the new message's `seq`.
+    /// are dropped first. Returns the new message's `seq`. Superseded by
+    /// [`Store::enqueue_c2d_message`].
     async fn enqueue_c2d(
         &self,
         device_id: &str,
@@ -146,7 +279,8 @@ pub trait Store: Send + Sync + 'static {
         now_unix: i64,
     ) -> StoreResult<i64>;
 
-    /// Up to `limit` unexpired messages with `seq > after`, oldest first.
+    /// Up to `limit` unexpired messages with `seq > after`, oldest first,
+    /// whatever their locks. Superseded by [`Store::lock_c2d_for_connection`].
     async fn pending_c2d(
         &self,
         device_id: &str,
@@ -155,10 +289,13 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<StoredC2d>>;
 
-    /// Counts a delivery attempt.
+    /// Counts a delivery attempt. Superseded by
+    /// [`Store::release_c2d_connection`], which counts at connection end.
     async fn mark_c2d_delivered(&self, device_id: &str, seq: i64) -> StoreResult<()>;
 
-    /// Removes a message the device acknowledged.
+    /// Removes a message the device acknowledged, whatever its lock (with
+    /// Success feedback when asked for, dated by the store's clock).
+    /// Superseded by [`Store::complete_c2d_for_connection`].
     async fn complete_c2d(&self, device_id: &str, seq: i64) -> StoreResult<()>;
 
     /// Every device record (for full evaluations and queries).

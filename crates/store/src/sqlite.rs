@@ -18,13 +18,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use ferrohub_core::c2d::{AckMode, AfterSettle, FeedbackRecord, Settlement};
 use ferrohub_core::identity::Device;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::{
-    migrations, status_text, DeviceCounts, DeviceRecord, Store, StoreError, StoreResult, StoredC2d,
-    StoredConfiguration,
+    migrations, status_text, DeviceCounts, DeviceRecord, LockedC2d, NewC2d, Settled, Store, StoreError,
+    StoreResult, StoredC2d, StoredConfiguration,
 };
+
+mod c2d;
+#[cfg(test)]
+mod c2d_tests;
 
 const READERS: usize = 4;
 
@@ -208,12 +213,14 @@ impl SqliteStore {
     }
 }
 
-/// The store reads the clock only to hide expired cloud-to-device messages
-/// from the queue counts it reports.
-fn now_unix() -> i64 {
+/// The store reads the clock only where the trait gives it no `now`: to
+/// hide expired cloud-to-device messages from the queue count `get_device`
+/// reports, and to date the feedback of the first queue API's
+/// `complete_c2d`. Every queue rule takes its time from the caller.
+fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 
@@ -296,9 +303,9 @@ impl Store for SqliteStore {
             let row = c
                 .query_row(
                     "SELECT identity, twin, revision,
-                            (SELECT COUNT(*) FROM c2d_messages m WHERE m.device_id = d.device_id AND m.expiry_unix > ?2)
+                            (SELECT COUNT(*) FROM c2d_messages m WHERE m.device_id = d.device_id AND m.expiry_ms > ?2)
                      FROM devices d WHERE device_id = ?1",
-                    params![id, now_unix()],
+                    params![id, now_ms()],
                     |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)),
                 )
                 .optional()
@@ -462,6 +469,105 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn enqueue_c2d_message(
+        &self,
+        device_id: &str,
+        message: NewC2d,
+        max_depth: usize,
+        now_ms: i64,
+    ) -> StoreResult<i64> {
+        let id = device_id.to_owned();
+        self.write(move |c| c2d::enqueue(c, &id, &message, max_depth, now_ms)).await
+    }
+
+    async fn receive_c2d(
+        &self,
+        device_id: &str,
+        lock_token: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<LockedC2d>> {
+        let (id, token) = (device_id.to_owned(), lock_token.to_owned());
+        self.write(move |c| c2d::receive(c, &id, &token, now_ms)).await
+    }
+
+    async fn settle_c2d(
+        &self,
+        device_id: &str,
+        lock_token: &str,
+        settlement: Settlement,
+        max_delivery_count: u32,
+        now_ms: i64,
+    ) -> StoreResult<Settled<AfterSettle>> {
+        let (id, token) = (device_id.to_owned(), lock_token.to_owned());
+        self.write(move |c| c2d::settle(c, &id, &token, settlement, max_delivery_count, now_ms)).await
+    }
+
+    async fn lock_c2d_for_connection(
+        &self,
+        device_id: &str,
+        connection_token: &str,
+        limit: usize,
+        now_ms: i64,
+    ) -> StoreResult<Vec<LockedC2d>> {
+        let (id, token) = (device_id.to_owned(), connection_token.to_owned());
+        self.write(move |c| c2d::lock_for_connection(c, &id, &token, limit, now_ms)).await
+    }
+
+    async fn complete_c2d_for_connection(
+        &self,
+        device_id: &str,
+        connection_token: &str,
+        seq: i64,
+        now_ms: i64,
+    ) -> StoreResult<Settled<()>> {
+        let (id, token) = (device_id.to_owned(), connection_token.to_owned());
+        self.write(move |c| c2d::complete_for_connection(c, &id, &token, seq, now_ms)).await
+    }
+
+    async fn release_c2d_connection(
+        &self,
+        device_id: &str,
+        connection_token: &str,
+        max_delivery_count: u32,
+        now_ms: i64,
+    ) -> StoreResult<usize> {
+        let (id, token) = (device_id.to_owned(), connection_token.to_owned());
+        self.write(move |c| c2d::release_connection(c, &id, &token, max_delivery_count, now_ms)).await
+    }
+
+    async fn release_all_c2d_connection_locks(&self) -> StoreResult<usize> {
+        self.write(c2d::release_all_connections).await
+    }
+
+    async fn purge_c2d(&self, device_id: &str, now_ms: i64) -> StoreResult<usize> {
+        let id = device_id.to_owned();
+        self.write(move |c| c2d::purge(c, &id, now_ms)).await
+    }
+
+    async fn expire_c2d(&self, now_ms: i64) -> StoreResult<usize> {
+        self.write(move |c| c2d::expire_all(c, now_ms)).await
+    }
+
+    async fn receive_feedback(
+        &self,
+        lock_token: &str,
+        max: usize,
+        now_ms: i64,
+    ) -> StoreResult<Vec<FeedbackRecord>> {
+        let token = lock_token.to_owned();
+        self.write(move |c| c2d::receive_feedback(c, &token, max, now_ms)).await
+    }
+
+    async fn complete_feedback(&self, lock_token: &str, now_ms: i64) -> StoreResult<Settled<usize>> {
+        let token = lock_token.to_owned();
+        self.write(move |c| c2d::complete_feedback(c, &token, now_ms)).await
+    }
+
+    async fn abandon_feedback(&self, lock_token: &str, now_ms: i64) -> StoreResult<Settled<usize>> {
+        let token = lock_token.to_owned();
+        self.write(move |c| c2d::abandon_feedback(c, &token, now_ms)).await
+    }
+
     async fn enqueue_c2d(
         &self,
         device_id: &str,
@@ -470,29 +576,14 @@ impl Store for SqliteStore {
         max_depth: usize,
         now_unix: i64,
     ) -> StoreResult<i64> {
-        let id = device_id.to_owned();
-        self.write(move |tx| {
-            tx.execute(
-                "DELETE FROM c2d_messages WHERE device_id = ?1 AND expiry_unix <= ?2",
-                params![id, now_unix],
-            )
-            .map_err(backend)?;
-            let count: i64 = tx
-                .query_row("SELECT COUNT(*) FROM c2d_messages WHERE device_id = ?1", params![id], |r| {
-                    r.get(0)
-                })
-                .map_err(backend)?;
-            if count as usize >= max_depth {
-                return Err(StoreError::QueueFull);
-            }
-            tx.execute(
-                "INSERT INTO c2d_messages (device_id, expiry_unix, message) VALUES (?1, ?2, ?3)",
-                params![id, expiry_unix, message],
-            )
-            .map_err(foreign_key_or_backend)?;
-            Ok(tx.last_insert_rowid())
-        })
-        .await
+        // The message is the caller's JSON; its id is only needed for
+        // feedback, which ack none never writes.
+        let message_id = serde_json::from_str::<serde_json::Value>(&message)
+            .ok()
+            .and_then(|v| v.get("messageId").and_then(|m| m.as_str()).map(str::to_owned))
+            .unwrap_or_default();
+        let new = NewC2d { message_id, ack: AckMode::None, expiry_ms: expiry_unix * 1000, message };
+        self.enqueue_c2d_message(device_id, new, max_depth, now_unix * 1000).await
     }
 
     async fn pending_c2d(
@@ -503,51 +594,18 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> StoreResult<Vec<StoredC2d>> {
         let id = device_id.to_owned();
-        self.read(move |c| {
-            let mut stmt = c
-                .prepare_cached(
-                    "SELECT seq, expiry_unix, delivery_count, message FROM c2d_messages
-                     WHERE device_id = ?1 AND seq > ?2 AND expiry_unix > ?3 ORDER BY seq LIMIT ?4",
-                )
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![id, after, now_unix, limit as i64], |r| {
-                    Ok(StoredC2d {
-                        seq: r.get(0)?,
-                        expiry_unix: r.get(1)?,
-                        delivery_count: r.get(2)?,
-                        message: r.get(3)?,
-                    })
-                })
-                .map_err(backend)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(backend)?;
-            Ok(rows)
-        })
-        .await
+        self.read(move |c| c2d::pending(c, &id, after, now_unix * 1000, limit)).await
     }
 
     async fn mark_c2d_delivered(&self, device_id: &str, seq: i64) -> StoreResult<()> {
         let id = device_id.to_owned();
-        self.write(move |c| {
-            c.execute(
-                "UPDATE c2d_messages SET delivery_count = delivery_count + 1 WHERE device_id = ?1 AND seq = ?2",
-                params![id, seq],
-            )
-            .map_err(backend)?;
-            Ok(())
-        })
-        .await
+        self.write(move |c| c2d::count_delivery(c, &id, seq)).await
     }
 
     async fn complete_c2d(&self, device_id: &str, seq: i64) -> StoreResult<()> {
         let id = device_id.to_owned();
-        self.write(move |c| {
-            c.execute("DELETE FROM c2d_messages WHERE device_id = ?1 AND seq = ?2", params![id, seq])
-                .map_err(backend)?;
-            Ok(())
-        })
-        .await
+        let now = now_ms();
+        self.write(move |c| c2d::complete_unlocked(c, &id, seq, now)).await
     }
 
     async fn all_devices(&self) -> StoreResult<Vec<DeviceRecord>> {
@@ -706,7 +764,7 @@ mod tests {
     use ferrohub_core::time::Timestamp;
     use ferrohub_core::twin::TwinState;
 
-    fn record(id: &str) -> DeviceRecord {
+    pub(super) fn record(id: &str) -> DeviceRecord {
         let now = Timestamp::from_unix_nanos(1_700_000_000_000_000_000);
         let mut key = || "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_owned();
         let device = Device::create(
@@ -718,7 +776,7 @@ mod tests {
         DeviceRecord { device, twin: TwinState::new(now), revision: 1 }
     }
 
-    fn open() -> (tempfile::TempDir, SqliteStore) {
+    pub(super) fn open() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("hub.db")).unwrap();
         (dir, store)
@@ -854,41 +912,6 @@ mod tests {
         let s = SqliteStore::open(&path).unwrap();
         assert!(s.get_device("a").await.unwrap().is_none());
         assert!(s.get_device("b").await.unwrap().is_some());
-    }
-
-    #[tokio::test]
-    async fn c2d_queue_is_bounded_ordered_expiring_and_goes_with_its_device() {
-        let (_d, s) = open();
-        s.create_device(&record("q")).await.unwrap();
-        for n in 0..3 {
-            s.enqueue_c2d("q", 1_000 + n, format!("m{n}"), 3, 500).await.unwrap();
-        }
-        assert!(matches!(s.enqueue_c2d("q", 2_000, "x".into(), 3, 500).await, Err(StoreError::QueueFull)));
-        assert!(matches!(s.enqueue_c2d("ghost", 2_000, "x".into(), 3, 500).await, Err(StoreError::NotFound)));
-        let pending = s.pending_c2d("q", 0, 500, 10).await.unwrap();
-        assert_eq!(pending.iter().map(|m| m.message.as_str()).collect::<Vec<_>>(), ["m0", "m1", "m2"]);
-        s.mark_c2d_delivered("q", pending[0].seq).await.unwrap();
-        s.complete_c2d("q", pending[1].seq).await.unwrap();
-        let left = s.pending_c2d("q", 0, 500, 10).await.unwrap();
-        assert_eq!(left.len(), 2);
-        assert_eq!(left[0].delivery_count, 1);
-        // At time 1001 the first (expiry 1000) is gone, making room.
-        assert_eq!(s.pending_c2d("q", 0, 1_001, 10).await.unwrap().len(), 1);
-        s.enqueue_c2d("q", 5_000, "late".into(), 3, 1_001).await.unwrap();
-        // A queue that empties does not reuse its seqs (delivery cursors only
-        // move forward).
-        s.create_device(&record("r")).await.unwrap();
-        let a = s.enqueue_c2d("r", 5_000, "a".into(), 3, 0).await.unwrap();
-        s.complete_c2d("r", a).await.unwrap();
-        let b = s.enqueue_c2d("r", 5_000, "b".into(), 3, 0).await.unwrap();
-        assert!(b > a, "seq {b} after {a}");
-        s.save_session("q", 0b101).await.unwrap();
-        assert_eq!(s.load_session("q").await.unwrap(), Some(0b101));
-        s.delete_device("q", None).await.unwrap();
-        s.create_device(&record("q")).await.unwrap();
-        assert!(s.pending_c2d("q", 0, 0, 10).await.unwrap().is_empty(), "the queue went with the device");
-        assert_eq!(s.load_session("q").await.unwrap(), None, "so did the session");
-        assert!(matches!(s.save_session("ghost", 1).await, Err(StoreError::NotFound)));
     }
 
     #[tokio::test]
