@@ -58,6 +58,7 @@ pub(super) async fn send(
         properties,
         body: body.to_vec(),
     };
-    state.c2d.send(&id, &message).await?;
+    let ack = ferrohub_core::c2d::AckMode::parse(header(&headers, "iothub-ack")?.as_deref())?;
+    state.c2d.send(&id, &message, ack).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

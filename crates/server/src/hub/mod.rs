@@ -69,8 +69,8 @@ pub struct Hub {
     pub methods: methods::PendingMethods,
     /// Recent and live telemetry.
     pub telemetry: telemetry::Telemetry,
-    /// Cloud-to-device queues.
-    pub c2d: c2d::CloudToDevice,
+    /// Cloud-to-device queues and the feedback queue.
+    pub c2d: Arc<c2d::CloudToDevice>,
     /// Automatic device configurations.
     pub engine: Arc<configurations::Engine>,
     /// Firmware images and the signing key.
@@ -97,9 +97,10 @@ impl Hub {
             config.rollout_step,
         )
         .await?;
+        let c2d = c2d::CloudToDevice::open(config.store.clone(), presence.clone()).await?;
         Ok(Arc::new(Self {
-            sessions: sessions::Sessions::new(config.store.clone(), registry.clone(), presence.clone()),
-            c2d: c2d::CloudToDevice::new(config.store, presence.clone()),
+            sessions: sessions::Sessions::new(config.store, registry.clone(), presence.clone(), c2d.clone()),
+            c2d,
             registry,
             presence,
             auth: auth::Authorizer::new(config.policies, config.host_names),

@@ -17,6 +17,7 @@ use ferrohub_mqtt::topic::{Subscription, SubscriptionSet};
 use ferrohub_store::Store;
 use tokio::sync::{mpsc, Notify};
 
+use super::c2d::CloudToDevice;
 use super::presence::{Outbound, Presence};
 use super::registry::Registry;
 use super::store_error::{store_error, Entity};
@@ -30,12 +31,15 @@ pub struct Sessions {
     store: Arc<dyn Store>,
     registry: Registry,
     presence: Arc<Presence>,
+    c2d: Arc<CloudToDevice>,
 }
 
 /// A live device connection. Dropping it ends the connection's presence.
 pub struct DeviceConnection {
     device_id: String,
     conn_id: u64,
+    /// Locks what this connection holds of the device's C2D queue.
+    connection_token: String,
     persistent: bool,
     session_present: bool,
     subscriptions: Arc<AtomicU8>,
@@ -44,11 +48,17 @@ pub struct DeviceConnection {
     store: Arc<dyn Store>,
     registry: Registry,
     presence: Arc<Presence>,
+    c2d: Arc<CloudToDevice>,
 }
 
 impl Sessions {
-    pub(crate) fn new(store: Arc<dyn Store>, registry: Registry, presence: Arc<Presence>) -> Self {
-        Self { store, registry, presence }
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        registry: Registry,
+        presence: Arc<Presence>,
+        c2d: Arc<CloudToDevice>,
+    ) -> Self {
+        Self { store, registry, presence, c2d }
     }
 
     /// A device connected: a `persistent` connection (MQTT clean session 0)
@@ -75,6 +85,7 @@ impl Sessions {
         let connection = DeviceConnection {
             device_id: device_id.to_owned(),
             conn_id: registration.id,
+            connection_token: uuid::Uuid::new_v4().to_string(),
             persistent,
             session_present,
             subscriptions,
@@ -83,6 +94,7 @@ impl Sessions {
             store: self.store.clone(),
             registry: self.registry.clone(),
             presence: self.presence.clone(),
+            c2d: self.c2d.clone(),
         };
         self.registry.set_connection_state(device_id, true).await?;
         Ok(connection)
@@ -93,6 +105,11 @@ impl DeviceConnection {
     /// The device.
     pub fn device_id(&self) -> &str {
         &self.device_id
+    }
+
+    /// The token this connection's C2D locks are held under.
+    pub fn connection_token(&self) -> &str {
+        &self.connection_token
     }
 
     /// Whether a stored session was restored.
@@ -140,8 +157,15 @@ impl DeviceConnection {
 impl Drop for DeviceConnection {
     fn drop(&mut self) {
         self.presence.unregister(&self.device_id, self.conn_id);
-        let (registry, device_id) = (self.registry.clone(), std::mem::take(&mut self.device_id));
+        let (registry, c2d) = (self.registry.clone(), self.c2d.clone());
+        let device_id = std::mem::take(&mut self.device_id);
+        let token = std::mem::take(&mut self.connection_token);
         let record = async move {
+            // What the connection held goes back to the queue (and to a
+            // newer connection, if there is one).
+            if let Err(e) = c2d.release_connection(&device_id, &token).await {
+                tracing::warn!(device_id, %e, "could not release the connection's messages");
+            }
             // Skipped under the device's write lock when a newer connection
             // is live (Registry::set_connection_state).
             if let Err(e) = registry.set_connection_state(&device_id, false).await {

@@ -1,7 +1,8 @@
 //! Delivering a device's queued cloud-to-device messages over its
-//! connection: QoS 1, a small window in flight, completed by PUBACK.
-//! Un-acknowledged messages stay queued and go out again on the next
-//! connection, counted in their delivery count.
+//! connection: QoS 1, a small window in flight, each locked to the
+//! connection and completed by PUBACK. Un-acknowledged messages go back to
+//! the queue when the connection ends, counted in their delivery count
+//! (MQTT devices cannot reject or abandon).
 
 use bytes::Bytes;
 use ferrohub_core::message::CloudToDeviceMessage;
@@ -17,16 +18,16 @@ const WINDOW: usize = 8;
 
 pub(crate) struct C2dDelivery {
     device_id: String,
+    /// The connection's lock token: what it holds is locked under it.
+    connection_token: String,
     /// (packet id, queue seq) of messages in flight.
     inflight: Vec<(u16, i64)>,
-    /// Highest seq sent on this connection.
-    cursor: i64,
     next_pkid: u16,
 }
 
 impl C2dDelivery {
-    pub(crate) fn new(device_id: String) -> Self {
-        Self { device_id, inflight: Vec::new(), cursor: 0, next_pkid: 0 }
+    pub(crate) fn new(device_id: String, connection_token: String) -> Self {
+        Self { device_id, connection_token, inflight: Vec::new(), next_pkid: 0 }
     }
 
     fn pkid(&mut self) -> u16 {
@@ -39,22 +40,23 @@ impl C2dDelivery {
         }
     }
 
-    /// The next messages to send, filling the window.
+    /// The next messages to send, filling the window. Each is locked to
+    /// this connection until its PUBACK; the connection's end releases the
+    /// rest (`DeviceConnection`'s drop).
     pub(crate) async fn next_batch(&mut self, hub: &Hub) -> Vec<Publish> {
         let room = WINDOW.saturating_sub(self.inflight.len());
         if room == 0 {
             return Vec::new();
         }
-        let pending = match hub.c2d.next(&self.device_id, self.cursor, room).await {
+        let locked = match hub.c2d.lock_for_connection(&self.device_id, &self.connection_token, room).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(%e, "cannot read the cloud-to-device queue");
                 return Vec::new();
             }
         };
-        let mut out = Vec::with_capacity(pending.len());
-        for queued in pending {
-            self.cursor = self.cursor.max(queued.seq);
+        let mut out = Vec::with_capacity(locked.len());
+        for queued in locked {
             let pkid = self.pkid();
             self.inflight.push((pkid, queued.seq));
             tracing::debug!(seq = queued.seq, pkid, "cloud-to-device message sent");
@@ -76,8 +78,10 @@ impl C2dDelivery {
         let Some(i) = self.inflight.iter().position(|(p, _)| *p == pkid) else { return false };
         let (_, seq) = self.inflight.swap_remove(i);
         tracing::debug!(seq, pkid, "cloud-to-device message acknowledged");
-        if let Err(e) = hub.c2d.complete(&self.device_id, seq).await {
-            tracing::warn!(%e, seq, "cannot complete a delivered message");
+        match hub.c2d.complete_for_connection(&self.device_id, &self.connection_token, seq).await {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!(seq, "acknowledged after it expired"),
+            Err(e) => tracing::warn!(%e, seq, "cannot complete a delivered message"),
         }
         true
     }

@@ -174,7 +174,7 @@ impl Session {
         let expires = who
             .expires
             .map(|se| Instant::now() + Duration::from_secs(se.saturating_sub(now_unix).max(0) as u64));
-        let c2d = C2dDelivery::new(device_id.clone());
+        let c2d = C2dDelivery::new(device_id.clone(), conn.connection_token().to_owned());
         let mut session = Self {
             state,
             transport,
