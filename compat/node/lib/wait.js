@@ -23,6 +23,15 @@ async function ok(promise, label) {
   }
 }
 
+// Rejects naming `label` when `promise` has not settled within `ms`.
+function withTimeout(promise, label, ms) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${label}`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
 // Polls `probe` until it answers {done: true}; the last state it saw goes
 // into the timeout error.
 async function waitFor(label, probe, timeoutMs) {
@@ -44,4 +53,4 @@ async function waitFor(label, probe, timeoutMs) {
   }
 }
 
-module.exports = { POLL_MS, sleep, describeError, ok, waitFor };
+module.exports = { POLL_MS, sleep, describeError, ok, withTimeout, waitFor };

@@ -278,6 +278,54 @@ async fn desired_changes_are_pushed_in_version_order() {
     assert_eq!(body, json!({"other":1,"n":null,"$version":12}));
 }
 
+/// A back end that writes desired properties and then waits at the device
+/// for the next `$version` must get it even when the values are the ones
+/// already set (docs/decisions.md, "Every accepted update counts"); the
+/// raw client sees exactly what the hub pushes, with no SDK in between.
+#[tokio::test]
+async fn a_connected_device_gets_a_desired_patch_that_repeats_the_current_values() {
+    let hub = TestHub::start();
+    let key = create_device(&hub, "same").await;
+    let s = service(&hub);
+    let (mut c, _) = RawMqtt::device(&hub, "same", &key, true).await;
+    c.subscribe(&[DESIRED, TWIN_RES]).await;
+    let patch = json!({"properties":{"desired":{"foo":1}}});
+    let first = s.update_twin("same", &patch, "*").await.unwrap();
+    let p = c.next_publish().await.unwrap();
+    assert_eq!(p.topic, "$iothub/twin/PATCH/properties/desired/?$version=2");
+
+    // The same values again, with the etag just read: accepted, and an update.
+    let etag = first["etag"].as_str().unwrap();
+    let again = s.update_twin("same", &patch, etag).await.unwrap();
+    assert_eq!(again["properties"]["desired"]["$version"], 3);
+    assert_eq!(again["version"], first["version"].as_i64().unwrap() + 1);
+    assert_ne!(again["etag"], first["etag"]);
+    let last_updated = |t: &Value| t["properties"]["desired"]["$metadata"]["$lastUpdated"].clone();
+    assert_ne!(last_updated(&again), last_updated(&first));
+    let p = c.next_publish().await.unwrap();
+    assert_eq!(p.topic, "$iothub/twin/PATCH/properties/desired/?$version=3");
+    assert_eq!(serde_json::from_slice::<Value>(&p.payload).unwrap(), json!({"foo":1,"$version":3}));
+
+    // A reported patch repeating its values is acknowledged with a new $version.
+    for (rid, version) in [(1, 2), (2, 3)] {
+        c.publish(
+            &format!("$iothub/twin/PATCH/properties/reported/?$rid={rid}"),
+            QoS::AtMostOnce,
+            br#"{"r":1}"#,
+        )
+        .await;
+        let p = c.next_publish().await.unwrap();
+        assert_eq!(p.topic, format!("$iothub/twin/res/204/?$rid={rid}&$version={version}"));
+    }
+    let twin = s.get_twin("same").await.unwrap();
+    assert_eq!(twin["properties"]["reported"]["$version"], 3);
+    // A tags-only PATCH that changes no tag is no update (and nothing is pushed
+    // for tags): the twin version stays.
+    let version = twin["version"].clone();
+    s.update_twin("same", &json!({"tags":{}}), "*").await.unwrap();
+    assert_eq!(s.get_twin("same").await.unwrap()["version"], version);
+}
+
 #[tokio::test]
 async fn direct_methods_round_trip_and_time_out() {
     let hub = TestHub::start();

@@ -7,8 +7,10 @@
 //! can never start with `$`, so stamps and children cannot collide.
 //!
 //! Rather than tracking writes during the merge, metadata is derived by
-//! comparing the old and new document: that keeps no-op writes from touching
-//! anything and lets a patch and a replace share one rule.
+//! comparing the old and new document: a leaf's stamps say when its value
+//! last changed, and a patch and a replace share one rule. (A write that
+//! repeats the current values still stamps the section root: see
+//! `Section::write`.)
 
 use serde_json::Value;
 
@@ -43,7 +45,7 @@ impl Stamp {
 
     /// Writes the stamp into `node`. Existing keys are overwritten in place,
     /// so they stay ahead of the child nodes.
-    fn apply(&self, node: &mut Props) {
+    pub(super) fn apply(&self, node: &mut Props) {
         node.insert(LAST_UPDATED.to_owned(), self.at.clone());
         if let Some(v) = self.version {
             node.insert(LAST_UPDATED_VERSION.to_owned(), Value::from(v));

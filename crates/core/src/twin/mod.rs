@@ -2,9 +2,19 @@
 //! reported patch, versions, etags, `$metadata` and IoT Hub's limits.
 //!
 //! Every operation validates and computes on copies first and commits only
-//! at the end, so a rejected operation leaves the twin untouched, and an
-//! operation that changes nothing bumps nothing (no version, etag or
-//! metadata change).
+//! at the end, so a rejected operation leaves the twin untouched.
+//!
+//! What counts as an update: every accepted service PATCH or PUT that
+//! carries a desired section (one with at least one property once echoed
+//! `$metadata`/`$version` are dropped) and every accepted reported patch is
+//! one, even when no value differs — the section's `$version`, the root
+//! `version` and the etag move, the section root's `$metadata` is stamped,
+//! and a desired write is pushed to the device. A client that writes and
+//! then waits for the next `$version` must never wait forever. Everything
+//! else counts only when something differs: a tags-only PATCH that changes
+//! no tag, a PUT whose omitted desired was already empty, and the hub's own
+//! configuration evaluations ([`TwinState::apply_hub_desired`]), which
+//! would otherwise bump every targeted twin on every pass.
 //!
 //! Files: `body.rs` reads request bodies, `merge.rs` merges patches,
 //! `metadata.rs` derives `$metadata`, `section.rs` holds a desired/reported
@@ -55,9 +65,10 @@ pub struct TwinState {
 /// What an accepted operation did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TwinChange {
-    /// Whether anything differs. `false` means nothing was bumped.
+    /// Whether the operation was an update (see the module documentation):
+    /// the twin must be stored. `false` means nothing was bumped.
     pub changed: bool,
-    /// When desired changed: the notification body for the device (the
+    /// When desired was written: the notification body for the device (the
     /// desired-properties patch plus `"$version"`).
     pub desired_patch: Option<Value>,
 }
@@ -131,9 +142,12 @@ impl TwinState {
     /// ArgumentInvalid: the service may not write reported properties.
     /// Limits are checked before anything changes.
     ///
-    /// The desired notification holds every key of the desired patch, even
-    /// ones whose value did not change (Azure forwards the patch, not a
-    /// diff), plus the new `$version`.
+    /// A desired section with at least one property is an update even when
+    /// every value equals the current one (desired `$version`, root version
+    /// and etag move, and the device is notified); tags count only when they
+    /// differ. The desired notification holds every key of the desired
+    /// patch, even ones whose value did not change (Azure forwards the
+    /// patch, not a diff), plus the new `$version`.
     pub fn apply_service_patch(&mut self, body: &Value, now: Timestamp) -> HubResult<TwinChange> {
         let body = body::service_body(body)?;
         if body.reported_has_content {
@@ -143,14 +157,17 @@ impl TwinState {
             Some(patch) => Some(merged("tags", &self.tags, patch, limits::MAX_TAGS_SIZE)?),
             None => None,
         };
-        let desired = match &body.desired {
-            Some(patch) => {
-                Some(merged("properties.desired", &self.desired.props, patch, limits::MAX_DESIRED_SIZE)?)
-            }
+        // An empty desired object (or one that held only echoed system keys)
+        // writes nothing, so it is no desired section at all.
+        let patch = body.desired.filter(|patch| !patch.is_empty());
+        let desired = match &patch {
+            Some(patch) => Some((
+                merged("properties.desired", &self.desired.props, patch, limits::MAX_DESIRED_SIZE)?,
+                Write::Always,
+            )),
             None => None,
         };
-        let notification = body.desired.unwrap_or_default();
-        Ok(self.commit(tags, desired, now, notification))
+        Ok(self.commit(tags, desired, now, patch.unwrap_or_default()))
     }
 
     /// `PUT /twins/{id}`: tags and desired are replaced wholesale.
@@ -168,31 +185,32 @@ impl TwinState {
     /// removed key (at every level where old and new both hold an object),
     /// plus the new `$version`, so a device merging it ends up with the new
     /// desired.
+    ///
+    /// A body whose desired holds at least one property is a desired update
+    /// even when it equals the current desired (as [`Self::apply_service_patch`]);
+    /// an omitted or empty desired is one only if it removes something.
     pub fn replace(&mut self, body: &Value, now: Timestamp) -> HubResult<TwinChange> {
         let body = body::service_body(body)?;
         let empty = Props::new();
         let tags = merged("tags", &empty, &body.tags.unwrap_or_default(), limits::MAX_TAGS_SIZE)?;
-        let desired = merged(
-            "properties.desired",
-            &empty,
-            &body.desired.unwrap_or_default(),
-            limits::MAX_DESIRED_SIZE,
-        )?;
+        let patch = body.desired.unwrap_or_default();
+        let write = if patch.is_empty() { Write::IfChanged } else { Write::Always };
+        let desired = merged("properties.desired", &empty, &patch, limits::MAX_DESIRED_SIZE)?;
         let notification = merge::replacement_notification(&self.desired.props, &desired);
-        Ok(self.commit(Some(tags), Some(desired), now, notification))
+        Ok(self.commit(Some(tags), Some((desired, write)), now, notification))
     }
 
     /// A device's reported-properties patch (MQTT `$iothub/twin/PATCH/properties/reported/`):
     /// recursive merge, `null` deletes, same limits as the service side.
-    /// On a change, reported `$version`, the root version and the etag each
-    /// move by one.
+    /// Every accepted patch is an update, even one that repeats the current
+    /// values (or is `{}`): reported `$version`, the root version and the
+    /// etag each move by one, so the device's acknowledgement always carries
+    /// a new `$version`.
     pub fn apply_reported_patch(&mut self, patch: &Value, now: Timestamp) -> HubResult<TwinChange> {
         let patch = body::reported_patch(patch)?;
         let reported =
             merged("properties.reported", &self.reported.props, &patch, limits::MAX_REPORTED_SIZE)?;
-        if !self.reported.update(reported, now, SectionKind::Reported) {
-            return Ok(TwinChange::NONE);
-        }
+        self.reported.write(reported, now, SectionKind::Reported);
         self.bump();
         Ok(TwinChange { changed: true, desired_patch: None })
     }
@@ -210,7 +228,10 @@ impl TwinState {
     ///
     /// A change of desired or of `configurations` (compared as maps, key
     /// order aside) moves the root version and the etag once; nothing
-    /// changed means nothing moves.
+    /// changed means nothing moves. Unlike a service write, an evaluation
+    /// that repeats the current values is not an update: the engine
+    /// re-evaluates twins after every change and on every full pass, and
+    /// each of those would otherwise bump and notify every targeted twin.
     pub fn apply_hub_desired(&mut self, write: HubDesired<'_>, now: Timestamp) -> HubResult<TwinChange> {
         limits::validate_props(&write.desired, "properties.desired")?;
         limits::check_size(&write.desired, limits::MAX_DESIRED_SIZE, "properties.desired")?;
@@ -250,12 +271,13 @@ impl TwinState {
     }
 
     /// Stores validated new tags/desired (`None` = not part of the
-    /// operation) and bumps what changed. `notification` is the desired patch
-    /// to send if desired changed.
+    /// operation) and bumps what changed — desired also when it is written
+    /// with [`Write::Always`]. `notification` is the desired patch to send
+    /// if desired was written.
     fn commit(
         &mut self,
         tags: Option<Props>,
-        desired: Option<Props>,
+        desired: Option<(Props, Write)>,
         now: Timestamp,
         mut notification: Props,
     ) -> TwinChange {
@@ -266,7 +288,13 @@ impl TwinState {
             }
             differs
         });
-        let desired_changed = desired.is_some_and(|d| self.desired.update(d, now, SectionKind::Desired));
+        let desired_changed = desired.is_some_and(|(d, write)| match write {
+            Write::IfChanged => self.desired.update(d, now, SectionKind::Desired),
+            Write::Always => {
+                self.desired.write(d, now, SectionKind::Desired);
+                true
+            }
+        });
         if !tags_changed && !desired_changed {
             return TwinChange::NONE;
         }
@@ -283,6 +311,15 @@ impl TwinState {
         self.version += 1;
         self.etag_seq += 1;
     }
+}
+
+/// Whether a section write counts when it changes no value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// Only a difference is an update (an omitted desired in a PUT).
+    IfChanged,
+    /// Always an update (a desired section the client sent).
+    Always,
 }
 
 /// `current` with `patch` merged in, after checking the patch's keys, values

@@ -71,6 +71,20 @@ impl Section {
         true
     }
 
+    /// An accepted write of `new_props` that counts as an update even when no
+    /// value differs: `$version` moves by exactly one either way. When values
+    /// differ this is [`Section::update`]; when none does, only the root
+    /// metadata node is stamped (`$lastUpdated`, and `$lastUpdatedVersion`
+    /// in desired), so every leaf keeps the stamps of the change that last
+    /// set its value — and with them a configuration's `$lastUpdatedBy`.
+    pub fn write(&mut self, new_props: Props, now: Timestamp, kind: SectionKind) {
+        if self.update(new_props, now, kind) {
+            return;
+        }
+        self.version += 1;
+        Stamp::new(now, kind.stamp_version(self.version)).apply(&mut self.metadata);
+    }
+
     /// The section as JSON: properties, then `$metadata` when asked for
     /// (REST), then `$version`. MQTT twin reads leave the metadata out.
     pub fn to_json(&self, with_metadata: bool) -> Value {
@@ -134,6 +148,28 @@ mod tests {
             Value::Object(s.metadata),
             json!({"$lastUpdated": t(3).to_iso(), "$lastUpdatedVersion": 3})
         );
+    }
+
+    #[test]
+    fn write_bumps_version_and_stamps_the_root_even_without_a_difference() {
+        let mut s = Section::new(t(0), SectionKind::Desired);
+        let doc = json!({"a": 1}).as_object().unwrap().clone();
+        s.write(doc.clone(), t(1), SectionKind::Desired);
+        assert_eq!(s.version, 2);
+        s.write(doc.clone(), t(2), SectionKind::Desired);
+        assert_eq!(s.version, 3, "the same values are still an update");
+        assert_eq!(s.props, doc);
+        assert_eq!(
+            Value::Object(s.metadata.clone()),
+            json!({
+                "$lastUpdated": t(2).to_iso(), "$lastUpdatedVersion": 3,
+                "a": {"$lastUpdated": t(1).to_iso(), "$lastUpdatedVersion": 2},
+            }),
+            "the root moves; the leaf keeps the stamps of the write that set its value"
+        );
+        let mut r = Section::new(t(0), SectionKind::Reported);
+        r.write(Props::new(), t(3), SectionKind::Reported);
+        assert_eq!((r.version, Value::Object(r.metadata)), (2, json!({"$lastUpdated": t(3).to_iso()})));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)] // each test crate uses a different part
 
 pub mod mqtt;
+pub mod proxy;
 pub mod sim;
 
 use std::fs::OpenOptions;
@@ -230,6 +231,14 @@ impl TestHub {
     /// still runs). The ports are new free ones.
     pub fn restart(&mut self) {
         self.sigkill();
+        self.spawn();
+    }
+
+    /// Stops the hub with SIGTERM (asserting a clean exit) and starts it
+    /// again on the same data dir, on new free ports.
+    pub fn restart_gracefully(&mut self) {
+        let status = self.stop();
+        assert!(status.is_some_and(|s| s.success()), "hub exited with {status:?}; its log:\n{}", self.log());
         self.spawn();
     }
 }

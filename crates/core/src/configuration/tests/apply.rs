@@ -105,6 +105,25 @@ fn the_winner_is_written_with_last_updated_by_on_each_leaf() {
 }
 
 #[test]
+fn a_service_write_repeating_a_configured_value_bumps_once_and_the_evaluation_after_it_writes_nothing() {
+    let mut twin = base();
+    let c = firmware("firmware285", 20, 5, "2.8.5");
+    eval(&mut twin, &[&c], 10);
+    // The service writes the value the configuration set: an update of its
+    // own (the service asked for it), which leaves the leaves' ownership.
+    let before = twin.clone();
+    service_desired(&mut twin, json!({ "firmware": fw("2.8.5") }), 11);
+    assert_eq!((twin.desired.version, twin.version), (before.desired.version + 1, before.version + 1));
+    assert_eq!(owner(&twin, &["firmware", "fwVersion"]), "firmware285");
+    // The engine re-evaluates after every service write; finding its value
+    // in place it must not bump again (else every pass bumps every twin).
+    let before = twin.clone();
+    let e = eval(&mut twin, &[&c], 12);
+    assert_eq!(e.change, TwinChange { changed: false, desired_patch: None });
+    assert_eq!(twin, before);
+}
+
+#[test]
 fn digest_is_dotnet_ticks_of_the_creation_time() {
     // 2018-12-20T20:37:20.3275207Z in .NET ticks.
     let created = crate::time::Timestamp::from_unix_nanos(1_545_338_240_327_520_700);

@@ -1,4 +1,4 @@
-//! Tests of the twin operations: merges, versions, etags, metadata, no-ops,
+//! Tests of the twin operations: merges, versions, etags, metadata, repeated values,
 //! replace and the service/device split. Limit boundaries are in `limits.rs`.
 
 #![allow(clippy::unwrap_used)]
@@ -146,37 +146,106 @@ fn desired_notification_is_the_patch_plus_the_new_version() {
 }
 
 #[test]
-fn no_op_writes_bump_nothing() {
-    let noops = [
-        json!({}),
-        json!({"tags": {}}),
-        json!({"tags": {"site": {"floor": 1}}}),
+fn a_desired_section_repeating_current_values_is_still_an_update() {
+    let bodies = [
         desired(json!({"fw": "1.0", "cfg": {"mode": "eco"}})),
         desired(json!({"missing": null, "cfg": {"missing": null}})),
         json!({"tags": {"site": {"building": "43"}}, "properties": {"desired": {"fw": "1.0"}, "reported": {}}}),
+        desired(json!({"fw": "1.0", "$version": 2, "$metadata": {"fw": {}}})),
     ];
-    for body in noops {
+    for body in bodies {
+        let mut twin = populated();
+        let before = twin.clone();
+        let change = twin.apply_service_patch(&body, t(9)).unwrap();
+        assert!(change.changed, "{body}");
+        assert_eq!(twin.desired.version, before.desired.version + 1, "{body}");
+        assert_eq!((twin.version, twin.etag_seq), (before.version + 1, before.etag_seq + 1), "{body}");
+        assert_ne!(twin.etag(), before.etag(), "{body}");
+        assert_eq!((&twin.tags, &twin.desired.props), (&before.tags, &before.desired.props), "{body}");
+        assert_eq!(twin.reported, before.reported, "{body}");
+        // The section root records the write; leaves keep the stamps of the
+        // write that last set their value.
+        let (m, old) = (obj(&twin.desired.metadata), obj(&before.desired.metadata));
+        assert_eq!(m["$lastUpdated"], iso(9), "{body}");
+        assert_eq!(m["$lastUpdatedVersion"], twin.desired.version, "{body}");
+        assert_eq!((&m["fw"], &m["cfg"]), (&old["fw"], &old["cfg"]), "{body}");
+        // The device gets the patch as sent, without the echoed system keys.
+        let mut sent = body["properties"]["desired"].as_object().unwrap().clone();
+        sent.shift_remove("$metadata");
+        sent.insert("$version".into(), json!(twin.desired.version));
+        assert_eq!(change.desired_patch, Some(Value::Object(sent)), "{body}");
+    }
+}
+
+#[test]
+fn a_reported_patch_repeating_current_values_is_still_an_update() {
+    for patch in [json!({"temp": 21.5, "net": {"kind": "wifi", "x": null}}), json!({})] {
+        let mut twin = populated();
+        let before = twin.clone();
+        let change = twin.apply_reported_patch(&patch, t(9)).unwrap();
+        assert_eq!(change, TwinChange { changed: true, desired_patch: None }, "{patch}");
+        assert_eq!(twin.reported.version, before.reported.version + 1, "{patch}");
+        assert_eq!((twin.version, twin.etag_seq), (before.version + 1, before.etag_seq + 1), "{patch}");
+        assert_eq!(twin.reported.props, before.reported.props, "{patch}");
+        let m = obj(&twin.reported.metadata);
+        assert_eq!(m["$lastUpdated"], iso(9), "{patch}");
+        assert_eq!(m["temp"], json!({"$lastUpdated": iso(1)}), "{patch}: the leaf keeps its stamp");
+        assert_eq!(twin.desired, before.desired, "{patch}");
+    }
+}
+
+#[test]
+fn writes_without_a_desired_section_count_only_when_tags_differ() {
+    let unchanged = [
+        json!({}),
+        json!({"tags": {}}),
+        json!({"tags": {"site": {"floor": 1}}}),
+        json!({"tags": {"nope": null}}),
+        desired(json!({})),
+        // What a GET of a fresh twin shows: only echoed system keys.
+        desired(json!({"$metadata": {"$lastUpdated": iso(0)}, "$version": 2})),
+        json!({"tags": {"site": {"building": "43"}}, "properties": {"desired": {"$version": 2}, "reported": {}}}),
+    ];
+    for body in unchanged {
         let mut twin = populated();
         let before = twin.clone();
         let change = twin.apply_service_patch(&body, t(9)).unwrap();
         assert_eq!(change, TwinChange { changed: false, desired_patch: None }, "{body}");
         assert_eq!(twin, before, "{body}");
     }
-    let mut twin = populated();
+    // A PUT whose omitted desired was already empty, with the same tags.
+    let mut twin = TwinState::new(t(0));
+    twin.replace(&json!({"tags": {"a": 1}}), t(1)).unwrap();
     let before = twin.clone();
-    let change = twin.apply_reported_patch(&json!({"temp": 21.5, "net": {"kind": "wifi", "x": null}}), t(9));
-    assert!(!change.unwrap().changed);
+    assert!(!twin.replace(&json!({"tags": {"a": 1}}), t(2)).unwrap().changed);
     assert_eq!(twin, before);
 }
 
 #[test]
-fn echoing_a_get_back_changes_nothing() {
+fn echoing_a_get_back_is_an_update_that_changes_no_value() {
     let mut twin = populated();
-    let before = twin.clone();
     let got = twin.to_json(&device());
-    assert!(!twin.apply_service_patch(&desired(got["properties"]["desired"].clone()), t(9)).unwrap().changed);
-    assert!(!twin.replace(&got, t(9)).unwrap().changed, "PUT of the twin as read");
-    assert_eq!(twin, before);
+    let before = twin.clone();
+    let change = twin.apply_service_patch(&desired(got["properties"]["desired"].clone()), t(9)).unwrap();
+    assert_eq!(twin.desired.version, before.desired.version + 1);
+    assert_eq!(twin.desired.props, before.desired.props);
+    assert_eq!(
+        change.desired_patch.unwrap(),
+        json!({"cfg": {"rate": 5, "mode": "eco"}, "fw": "1.0", "$version": 3})
+    );
+
+    let before = twin.clone();
+    let change = twin.replace(&got, t(10)).unwrap();
+    assert_eq!((twin.version, twin.desired.version), (before.version + 1, before.desired.version + 1));
+    assert_eq!(
+        (&twin.tags, &twin.desired.props, &twin.reported),
+        (&before.tags, &before.desired.props, &before.reported)
+    );
+    assert_eq!(
+        change.desired_patch.unwrap(),
+        json!({"cfg": {"rate": 5, "mode": "eco"}, "fw": "1.0", "$version": 4}),
+        "PUT of the twin as read: the whole desired, nothing removed"
+    );
 }
 
 #[test]
