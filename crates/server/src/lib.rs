@@ -16,6 +16,7 @@ pub mod listen;
 mod mqtt;
 pub mod options;
 pub mod policies;
+mod sync;
 pub mod tls;
 
 use std::sync::Arc;

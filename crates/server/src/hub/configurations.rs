@@ -177,7 +177,7 @@ async fn load_index(registry: &Registry) -> anyhow::Result<()> {
             }
         }
         let index = registry.index().clone();
-        tokio::task::spawn_blocking(move || index.load(page)).await?;
+        tokio::task::spawn_blocking(move || index.load(page)).await??;
     }
     reader.await?;
     if connected > 0 {
@@ -240,11 +240,11 @@ impl Engine {
     }
 
     fn configs_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Loaded>>> {
-        self.configs.write().unwrap_or_else(|p| p.into_inner())
+        crate::sync::or_stop(self.configs.write(), "configurations")
     }
 
     fn snapshot(&self) -> Vec<Arc<Loaded>> {
-        self.configs.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        crate::sync::or_stop(self.configs.read(), "configurations").values().cloned().collect()
     }
 
     async fn run(
@@ -339,7 +339,7 @@ impl Engine {
                     }
                 }
             }
-            *self.counts.write().unwrap_or_else(|p| p.into_inner()) = counts;
+            *crate::sync::or_stop(self.counts.write(), "configuration metrics") = counts;
         });
         self.changed();
     }
@@ -360,7 +360,7 @@ impl Engine {
     /// counts by the difference. Called under the index lock.
     fn observe(&self, old: Option<&Value>, new: Option<&Value>) {
         let configs = self.snapshot();
-        let mut counts = self.counts.write().unwrap_or_else(|p| p.into_inner());
+        let mut counts = crate::sync::or_stop(self.counts.write(), "configuration metrics");
         for c in &configs {
             if let Some(n) = counts.get_mut(&c.config.id) {
                 if let Some(old) = old {
@@ -378,7 +378,7 @@ impl Engine {
     /// A configuration with its current metric results.
     fn present(&self, loaded: &Loaded) -> Configuration {
         let mut config = loaded.config.clone();
-        if let Some(n) = self.counts.read().unwrap_or_else(|p| p.into_inner()).get(&config.id) {
+        if let Some(n) = crate::sync::or_stop(self.counts.read(), "configuration metrics").get(&config.id) {
             config.system_metrics.set_result("targetedCount", n.targeted);
             config.system_metrics.set_result("appliedCount", n.applied);
             for (name, count) in &n.custom {
@@ -389,9 +389,7 @@ impl Engine {
     }
 
     fn loaded(&self, id: &str) -> HubResult<Arc<Loaded>> {
-        self.configs
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+        crate::sync::or_stop(self.configs.read(), "configurations")
             .get(id)
             .cloned()
             .ok_or_else(|| configuration::not_found(id))
@@ -467,7 +465,7 @@ impl Engine {
         }
         self.registry.store().delete_configuration(id).await.map_err(|e| store_error(e, id))?;
         self.configs_mut().remove(id);
-        self.counts.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+        crate::sync::or_stop(self.counts.write(), "configuration metrics").remove(id);
         self.changed();
         let _ = self.work.send(Work::All);
         tracing::info!(id, "configuration deleted");

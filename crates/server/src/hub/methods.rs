@@ -47,7 +47,8 @@ impl PendingMethods {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), oneshot::Sender<MethodReply>>> {
-        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+        // One insert or remove per section.
+        crate::sync::consistent(self.waiting.lock(), "pending method calls")
     }
 
     /// Invokes `name` on the device: waits up to `connect_timeout` for it to

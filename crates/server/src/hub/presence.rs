@@ -63,9 +63,9 @@ pub(crate) struct Registration {
 
 impl Presence {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Conn>> {
-        // A panic while holding this lock cannot leave the map inconsistent
-        // (each operation is one insert or remove), so poisoning is ignored.
-        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+        // A panic while holding this lock cannot leave the map inconsistent:
+        // each operation is one insert or remove (and a try_send).
+        crate::sync::consistent(self.conns.lock(), "presence")
     }
 
     /// Registers a device's new connection, closing the one it replaces.

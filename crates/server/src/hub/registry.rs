@@ -113,11 +113,11 @@ impl Registry {
             device_id,
             |record| {
                 let change = evaluate(&mut record.twin, &record.device)?;
-                *notification.lock().unwrap_or_else(|p| p.into_inner()) = change.desired_patch;
+                *crate::sync::consistent(notification.lock(), "desired notification") = change.desired_patch;
                 Ok(change.changed)
             },
             |record| {
-                let patch = notification.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let patch = crate::sync::consistent(notification.lock(), "desired notification").take();
                 self.notify_desired(device_id, record, patch)
             },
         )
@@ -280,11 +280,12 @@ impl Registry {
                 |record| {
                     if_match.check(&record.twin.etag())?;
                     let change = apply(&mut record.twin, clock::now())?;
-                    *notification.lock().unwrap_or_else(|p| p.into_inner()) = change.desired_patch;
+                    *crate::sync::consistent(notification.lock(), "desired notification") =
+                        change.desired_patch;
                     Ok(change.changed)
                 },
                 |record| {
-                    let patch = notification.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    let patch = crate::sync::consistent(notification.lock(), "desired notification").take();
                     self.notify_desired(device_id, record, patch)
                 },
             )

@@ -277,14 +277,14 @@ impl Rollouts {
 
     fn publish(&self, rollout: &Rollout) {
         let summary = self.present(rollout, false);
-        self.summaries.write().unwrap_or_else(|p| p.into_inner()).insert(rollout.id.clone(), summary);
+        crate::sync::or_stop(self.summaries.write(), "rollout summaries").insert(rollout.id.clone(), summary);
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// The latest summary of a rollout (no members), without waiting for a
     /// step in progress.
     pub fn summary(&self, id: &str) -> Option<Value> {
-        self.summaries.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+        crate::sync::or_stop(self.summaries.read(), "rollout summaries").get(id).cloned()
     }
 
     /// Makes sure the configurations exist and every member carries the tag
@@ -679,7 +679,7 @@ impl Rollouts {
             _ => {}
         }
         map.remove(id);
-        self.summaries.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+        crate::sync::or_stop(self.summaries.write(), "rollout summaries").remove(id);
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
         tracing::info!(id, "rollout deleted");
         Ok(())

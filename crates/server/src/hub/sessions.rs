@@ -42,6 +42,8 @@ pub struct DeviceConnection {
     connection_token: String,
     persistent: bool,
     session_present: bool,
+    /// Set once the end was recorded (or is being recorded).
+    ended: bool,
     subscriptions: Arc<AtomicU8>,
     kick: Arc<Notify>,
     outbound: Option<mpsc::Receiver<Outbound>>,
@@ -88,6 +90,7 @@ impl Sessions {
             connection_token: uuid::Uuid::new_v4().to_string(),
             persistent,
             session_present,
+            ended: false,
             subscriptions,
             kick: registration.kick,
             outbound: Some(rx),
@@ -154,13 +157,28 @@ impl DeviceConnection {
     }
 }
 
-impl Drop for DeviceConnection {
-    fn drop(&mut self) {
+impl DeviceConnection {
+    /// Ends the connection's presence and returns once its end is recorded
+    /// (the usual way out of a transport's loop; dropping does the same in
+    /// the background).
+    pub async fn close(mut self) {
+        if let Some(end) = self.end() {
+            end.await;
+        }
+    }
+
+    /// Unregisters and returns the recording of the end, the first time it
+    /// is called; `None` after that, which makes the end happen once.
+    fn end(&mut self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        if self.ended {
+            return None;
+        }
+        self.ended = true;
         self.presence.unregister(&self.device_id, self.conn_id);
         let (registry, c2d) = (self.registry.clone(), self.c2d.clone());
-        let device_id = std::mem::take(&mut self.device_id);
-        let token = std::mem::take(&mut self.connection_token);
-        let record = async move {
+        let device_id = self.device_id.clone();
+        let token = self.connection_token.clone();
+        Some(async move {
             // What the connection held goes back to the queue (and to a
             // newer connection, if there is one).
             if let Err(e) = c2d.release_connection(&device_id, &token).await {
@@ -171,10 +189,111 @@ impl Drop for DeviceConnection {
             if let Err(e) = registry.set_connection_state(&device_id, false).await {
                 tracing::debug!(device_id, %e, "could not record the disconnect");
             }
-        };
+        })
+    }
+}
+
+impl Drop for DeviceConnection {
+    fn drop(&mut self) {
+        // Reached without `close` when the transport's task panicked or was
+        // cancelled: record the end in the background.
+        let Some(end) = self.end() else { return };
         match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn(record)),
+            Ok(rt) => drop(rt.spawn(end)),
             Err(_) => tracing::warn!("a connection ended outside the runtime: disconnect not recorded"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use ferrohub_core::identity::{ConnectionState, DeviceRequest};
+
+    struct Fixture {
+        sessions: Sessions,
+        registry: Registry,
+        presence: Arc<Presence>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(ferrohub_store::SqliteStore::open(&dir.path().join("hub.db")).unwrap());
+        let presence = Arc::new(Presence::default());
+        let (registry, _changes) = Registry::new(store.clone(), presence.clone());
+        let c2d = CloudToDevice::open(store.clone(), presence.clone()).await.unwrap();
+        registry.create_device("d", DeviceRequest::default(), None).await.unwrap();
+        let sessions = Sessions::new(store, registry.clone(), presence.clone(), c2d);
+        Fixture { sessions, registry, presence, _dir: dir }
+    }
+
+    async fn state(f: &Fixture) -> ConnectionState {
+        f.registry.get_device("d").await.unwrap().connection_state
+    }
+
+    /// The end recorded in the background (drop): polled, with a deadline.
+    async fn until_disconnected(f: &Fixture) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while state(f).await != ConnectionState::Disconnected {
+            assert!(tokio::time::Instant::now() < deadline, "never recorded disconnected");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn close_records_the_end_and_presence_forgets_the_device() {
+        let f = fixture().await;
+        let conn = f.sessions.connect("d", false).await.unwrap();
+        assert_eq!(state(&f).await, ConnectionState::Connected);
+        assert_eq!(f.presence.connected_count(), 1);
+        conn.close().await;
+        assert_eq!(state(&f).await, ConnectionState::Disconnected);
+        assert_eq!(f.presence.connected_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_connection_task_still_records_its_end() {
+        let f = fixture().await;
+        let conn = f.sessions.connect("d", true).await.unwrap();
+        let task = tokio::spawn(async move {
+            let _conn = conn;
+            panic!("a bug in a transport");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert_eq!(f.presence.connected_count(), 0, "unregistered during the unwind");
+        until_disconnected(&f).await;
+    }
+
+    #[tokio::test]
+    async fn the_late_end_of_a_replaced_connection_leaves_the_newer_one_connected() {
+        let f = fixture().await;
+        let old = f.sessions.connect("d", true).await.unwrap();
+        let new = f.sessions.connect("d", true).await.unwrap();
+        assert!(new.session_present(), "the first CONNECT stored the session");
+        old.kicked().await;
+        old.close().await;
+        assert_eq!(state(&f).await, ConnectionState::Connected);
+        assert_eq!(f.presence.connected_count(), 1);
+        new.close().await;
+        assert_eq!(state(&f).await, ConnectionState::Disconnected);
+    }
+
+    #[tokio::test]
+    async fn subscriptions_of_a_persistent_session_are_stored_and_restored() {
+        let f = fixture().await;
+        let conn = f.sessions.connect("d", true).await.unwrap();
+        let subs: SubscriptionSet = [Subscription::C2d, Subscription::Methods].into_iter().collect();
+        conn.set_subscriptions(subs).await.unwrap();
+        conn.close().await;
+        let again = f.sessions.connect("d", true).await.unwrap();
+        assert!(again.session_present());
+        assert_eq!(again.subscriptions(), subs);
+        again.close().await;
+        let clean = f.sessions.connect("d", false).await.unwrap();
+        assert!(!clean.session_present());
+        assert!(clean.subscriptions().is_empty());
     }
 }

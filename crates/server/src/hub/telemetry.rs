@@ -92,7 +92,7 @@ impl Telemetry {
     pub fn push(&self, event: TelemetryEvent) {
         let event = Arc::new(event);
         {
-            let mut guard = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            let mut guard = crate::sync::or_stop(self.recent.lock(), "telemetry buffer");
             let (events, bytes) = &mut *guard;
             *bytes += event.body.len();
             events.push_back(event.clone());
@@ -113,7 +113,7 @@ impl Telemetry {
         device_id: Option<&str>,
         last: usize,
     ) -> (Vec<Arc<TelemetryEvent>>, broadcast::Receiver<Arc<TelemetryEvent>>) {
-        let guard = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = crate::sync::or_stop(self.recent.lock(), "telemetry buffer");
         // Subscribing under the lock means no event falls between the
         // replay and the live stream.
         let live = self.live.subscribe();

@@ -186,6 +186,11 @@ impl Inner {
 }
 
 /// Called with (old, new) documents of one device on every change.
+/// A thread rendering stored twins into the index failed (panicked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a thread rendering stored twins into the query index failed")]
+pub(crate) struct LoadFailed;
+
 pub(crate) type Observer = Arc<dyn Fn(Option<&Value>, Option<&Value>) + Send + Sync>;
 
 /// What the posting lists say about a WHERE clause.
@@ -206,11 +211,11 @@ pub(crate) struct TwinIndex {
 
 impl TwinIndex {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
-        self.inner.write().unwrap_or_else(|p| p.into_inner())
+        crate::sync::or_stop(self.inner.write(), "twin index")
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
-        self.inner.read().unwrap_or_else(|p| p.into_inner())
+        crate::sync::or_stop(self.inner.read(), "twin index")
     }
 
     /// Sets the observer (once, by the engine).
@@ -219,8 +224,10 @@ impl TwinIndex {
     }
 
     /// Fills the index from stored records (at start; no observer calls).
-    /// Documents are rendered on every core, taking the records apart.
-    pub(crate) fn load(&self, records: Vec<DeviceRecord>) {
+    /// Documents are rendered on every core, taking the records apart. A
+    /// rendering thread that fails fails the load: a hub that started with
+    /// twins missing from its index would answer queries and metrics wrong.
+    pub(crate) fn load(&self, records: Vec<DeviceRecord>) -> Result<(), LoadFailed> {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
         let chunk = records.len().div_ceil(threads).max(1);
         let mut parts = Vec::with_capacity(threads);
@@ -245,12 +252,13 @@ impl TwinIndex {
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
-        });
+            handles.into_iter().map(|h| h.join().map_err(|_| LoadFailed)).collect::<Result<_, _>>()
+        })?;
         let mut inner = self.write();
         for (id, doc) in rendered.into_iter().flatten() {
             inner.put(&id, doc);
         }
+        Ok(())
     }
 
     /// Records a device's current state.
@@ -430,12 +438,14 @@ mod tests {
     #[test]
     fn indexed_lookups_agree_with_full_scans() {
         let index = TwinIndex::default();
-        index.load(vec![
-            record("a", json!({"type":"chiller","n":1,"on":true})),
-            record("b", json!({"type":"chiller","n":1.0})),
-            record("c", json!({"type":"boiler","n":"1"})),
-            record("d", json!({"other":1})),
-        ]);
+        index
+            .load(vec![
+                record("a", json!({"type":"chiller","n":1,"on":true})),
+                record("b", json!({"type":"chiller","n":1.0})),
+                record("c", json!({"type":"boiler","n":"1"})),
+                record("d", json!({"other":1})),
+            ])
+            .unwrap();
         let queries = [
             "SELECT deviceId FROM devices WHERE tags.type = 'chiller'",
             "SELECT deviceId FROM devices WHERE tags.n = 1",
@@ -467,7 +477,7 @@ mod tests {
     fn covered_counts_agree_with_full_scans() {
         let index = TwinIndex::default();
         let tags = |i: usize| json!({"type": if i.is_multiple_of(3) { "chiller" } else { "boiler" }, "n": i % 2, "s": "x"});
-        index.load((0..30).map(|i| record(&format!("d{i:02}"), tags(i))).collect());
+        index.load((0..30).map(|i| record(&format!("d{i:02}"), tags(i))).collect()).unwrap();
         let conditions = [
             None,
             Some("tags.type = 'chiller'"),

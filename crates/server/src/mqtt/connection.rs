@@ -212,14 +212,13 @@ impl Session {
         self.conn.subscribed(s)
     }
 
-    /// Runs the session to its end. `self.conn` records the disconnect
-    /// when it drops — however the loop ended, a panic included; here it is
-    /// dropped before the close, which may wait on a device that stopped
-    /// reading (and is bounded for that reason).
+    /// Runs the session to its end. The end is recorded before the close,
+    /// which may wait on a device that stopped reading (bounded for that
+    /// reason); should this task panic instead, `conn`'s drop records it.
     async fn run(mut self) -> End {
         let end = self.run_loop().await;
         let Self { conn, mut transport, .. } = self;
-        drop(conn);
+        conn.close().await;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, transport.shutdown()).await;
         end
     }
