@@ -6,6 +6,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use ferrohub_server::hubfile::ReadyLine;
 use ferrohub_service_client::{ClientOptions, ServiceClient};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
@@ -65,8 +66,8 @@ impl BenchHub {
         let mut lines = BufReader::new(stdout).lines();
         let ready = tokio::time::timeout(READY_CAP, async {
             while let Some(line) = lines.next_line().await? {
-                if let Some(rest) = line.strip_prefix("ready ") {
-                    return Ok::<_, anyhow::Error>(rest.to_owned());
+                if let Some(ready) = ReadyLine::parse(&line) {
+                    return Ok::<_, anyhow::Error>(ready);
                 }
             }
             bail!("the hub exited before it was ready; see {}", data_dir.join("bench-hub.log").display())
@@ -76,16 +77,9 @@ impl BenchHub {
         let startup = started.elapsed();
         // Keep draining stdout so the hub never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let port = |key: &str| -> anyhow::Result<u16> {
-            ready
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix(key))
-                .and_then(|p| p.parse().ok())
-                .with_context(|| format!("unexpected ready line: {ready}"))
-        };
         Ok(Self {
-            https_port: port("https=")?,
-            mqtt_port: port("mqtt=")?,
+            https_port: ready.https_port,
+            mqtt_port: ready.mqtt_port,
             child,
             bin: bin.to_owned(),
             data_dir: data_dir.to_owned(),

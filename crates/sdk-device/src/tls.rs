@@ -4,9 +4,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::RootCertStore;
-
 use crate::Error;
 
 /// A rustls client configuration (ring provider, TLS 1.2 and 1.3) trusting
@@ -27,27 +24,13 @@ pub fn tls_config(
 ) -> Result<Arc<rustls::ClientConfig>, Error> {
     let client_auth = match client_cert {
         Some((cert_path, key_path)) => {
-            Some((read_pem_certs(cert_path, "certificate")?, read_pem_key(key_path)?, cert_path, key_path))
+            let chain = ferrohub_trust::read_certs(cert_path, "certificate").map_err(Error::Config)?;
+            let key = ferrohub_trust::read_key(key_path).map_err(Error::Config)?;
+            Some((chain, key, cert_path, key_path))
         }
         None => None,
     };
-    let mut roots = RootCertStore::empty();
-    // Unreadable or unparsable system certificates are skipped rather than
-    // fatal: one odd file in /etc/ssl must not make the hub unreachable.
-    let native = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(native.certs);
-    if let Some(path) = extra_ca {
-        for cert in read_pem_certs(path, "CA")? {
-            roots.add(cert).map_err(|e| {
-                Error::Config(format!("CA file {}: unusable certificate: {e}", path.display()))
-            })?;
-        }
-    }
-    if roots.is_empty() {
-        return Err(Error::Config(
-            "no trusted CA certificates: the system store is empty and no CA file was given".into(),
-        ));
-    }
+    let roots = ferrohub_trust::roots(extra_ca).map_err(Error::Config)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -66,28 +49,6 @@ pub fn tls_config(
         }
     };
     Ok(Arc::new(config))
-}
-
-fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|e| Error::Config(format!("cannot read {what} file {}: {e}", path.display())))
-}
-
-fn read_pem_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let bytes = read_file(path, what)?;
-    let certs = rustls_pemfile::certs(&mut bytes.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::Config(format!("{what} file {} is not valid PEM: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(Error::Config(format!("{what} file {} holds no certificate", path.display())));
-    }
-    Ok(certs)
-}
-
-fn read_pem_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
-    let bytes = read_file(path, "key")?;
-    rustls_pemfile::private_key(&mut bytes.as_slice())
-        .map_err(|e| Error::Config(format!("key file {} is not valid PEM: {e}", path.display())))?
-        .ok_or_else(|| Error::Config(format!("key file {} holds no private key", path.display())))
 }
 
 #[cfg(test)]

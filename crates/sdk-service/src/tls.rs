@@ -1,10 +1,8 @@
-//! Trust roots: the system's native roots plus an optional extra CA file.
+//! The service client's TLS configuration over the shared trust roots
+//! (`ferrohub-trust`).
 
 use std::path::Path;
 use std::sync::Arc;
-
-use rustls::pki_types::CertificateDer;
-use rustls::RootCertStore;
 
 use crate::Error;
 
@@ -14,23 +12,7 @@ use crate::Error;
 /// The native store honours `SSL_CERT_FILE`/`SSL_CERT_DIR`, so a shell set up
 /// with `ferrohub env` trusts the hub even without `extra_ca`.
 pub(crate) fn client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, Error> {
-    let mut roots = RootCertStore::empty();
-    // Unreadable or unparsable system certificates are skipped rather than
-    // fatal: one odd file in /etc/ssl must not make the hub unreachable.
-    let native = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(native.certs);
-    if let Some(path) = extra_ca {
-        for cert in read_pem_certs(path)? {
-            roots.add(cert).map_err(|e| {
-                Error::Config(format!("CA file {}: unusable certificate: {e}", path.display()))
-            })?;
-        }
-    }
-    if roots.is_empty() {
-        return Err(Error::Config(
-            "no trusted CA certificates: the system store is empty and no CA file was given".into(),
-        ));
-    }
+    let roots = ferrohub_trust::roots(extra_ca).map_err(Error::Config)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -38,18 +20,6 @@ pub(crate) fn client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientCon
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(config)
-}
-
-fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| Error::Config(format!("cannot read CA file {}: {e}", path.display())))?;
-    let certs = rustls_pemfile::certs(&mut bytes.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::Config(format!("CA file {} is not valid PEM: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(Error::Config(format!("CA file {} holds no certificate", path.display())));
-    }
-    Ok(certs)
 }
 
 #[cfg(test)]

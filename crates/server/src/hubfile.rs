@@ -46,3 +46,44 @@ impl HubInfo {
         let _ = std::fs::remove_file(data_dir.join(HUB_FILE));
     }
 }
+
+/// The line `serve` prints on stdout once every listener is bound:
+/// `ready https=<port> mqtt=<port>`. Processes that start a hub (the demo,
+/// the benchmarks, tests) wait for it and read the ports from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadyLine {
+    /// Port of the HTTPS listener.
+    pub https_port: u16,
+    /// Port of the MQTT listener.
+    pub mqtt_port: u16,
+}
+
+impl ReadyLine {
+    /// The ports of a ready line; `None` for any other line.
+    pub fn parse(line: &str) -> Option<Self> {
+        let rest = line.trim_end().strip_prefix("ready ")?;
+        let port = |key: &str| rest.split_whitespace().find_map(|kv| kv.strip_prefix(key))?.parse().ok();
+        Some(Self { https_port: port("https=")?, mqtt_port: port("mqtt=")? })
+    }
+}
+
+impl std::fmt::Display for ReadyLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ready https={} mqtt={}", self.https_port, self.mqtt_port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ready_line_round_trips_and_nothing_else_parses() {
+        let line = ReadyLine { https_port: 8443, mqtt_port: 8883 };
+        assert_eq!(line.to_string(), "ready https=8443 mqtt=8883");
+        assert_eq!(ReadyLine::parse(&line.to_string()), Some(line));
+        for other in ["HostName=x", "ready https=1", "ready https=x mqtt=2", "readyhttps=1 mqtt=2"] {
+            assert_eq!(ReadyLine::parse(other), None, "{other}");
+        }
+    }
+}

@@ -124,7 +124,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     info.write(dir).context("writing hub.json")?;
     let owner = policies.iter().find(|p| p.key_name == "iothubowner").context("no iothubowner policy")?;
     let cs = ConnectionString::for_policy(&host_names[0], &owner.key_name, &owner.primary_key);
-    println!("ready https={} mqtt={}", https.port, mqtt.port);
+    println!("{}", hubfile::ReadyLine { https_port: https.port, mqtt_port: mqtt.port });
     println!("{cs}");
     tracing::info!(https = https.port, mqtt = mqtt.port, data_dir = %dir.display(), "hub ready");
 

@@ -25,6 +25,7 @@ use super::context::Context;
 use super::simulate::{self, Group};
 use super::Outcome;
 use ferrohub_agent::sim::Faults;
+use ferrohub_server::hubfile::ReadyLine;
 
 /// How long the fleet may take to come online.
 const ONLINE_CAP: Duration = Duration::from_secs(90);
@@ -81,8 +82,8 @@ async fn start_hub(dir: &Path, keep: bool) -> anyhow::Result<(DemoHub, u16, u16)
     let mut lines = BufReader::new(stdout).lines();
     let ready = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await? {
-            if let Some(rest) = line.strip_prefix("ready ") {
-                return Ok::<_, anyhow::Error>(Some(rest.to_owned()));
+            if let Some(ready) = ReadyLine::parse(&line) {
+                return Ok::<_, anyhow::Error>(Some(ready));
             }
         }
         Ok(None)
@@ -90,14 +91,7 @@ async fn start_hub(dir: &Path, keep: bool) -> anyhow::Result<(DemoHub, u16, u16)
     .await
     .context("the hub did not start within 60 s")??
     .with_context(|| format!("the hub exited; see {}", dir.join("demo-hub.log").display()))?;
-    let port = |key: &str| -> anyhow::Result<u16> {
-        ready
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(key))
-            .and_then(|p| p.parse().ok())
-            .with_context(|| format!("unexpected ready line: {ready}"))
-    };
-    let (https, mqtt) = (port("https=")?, port("mqtt=")?);
+    let (https, mqtt) = (ready.https_port, ready.mqtt_port);
     // Keep draining the hub's stdout so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok((hub, https, mqtt))

@@ -106,16 +106,11 @@ impl TestHub {
         });
         self.child = Some(child);
         let deadline = Instant::now() + READY_TIMEOUT;
-        let ready = self.next_line(&rx, deadline, |l| l.starts_with("ready "));
-        let field = |name: &str| -> u16 {
-            ready
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix(name))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("malformed ready line: {ready}"))
-        };
-        self.https_port = field("https=");
-        self.mqtt_port = field("mqtt=");
+        let line = self.next_line(&rx, deadline, |l| l.starts_with("ready "));
+        let ready = ferrohub_server::hubfile::ReadyLine::parse(&line)
+            .unwrap_or_else(|| panic!("malformed ready line: {line}"));
+        self.https_port = ready.https_port;
+        self.mqtt_port = ready.mqtt_port;
         let cs = self.next_line(&rx, deadline, |l| l.contains("HostName="));
         self.connection_string = cs[cs.find("HostName=").unwrap_or(0)..].trim().to_owned();
         self.stdout = Some(rx);
