@@ -1,6 +1,7 @@
 //! IoT Hub's device-facing MQTT protocol, as pure functions: everything the
 //! hub's MQTT endpoint needs to know about the protocol, so that the server's
-//! connection loop only moves bytes and calls into this crate. No IO.
+//! connection loop only moves bytes and carries out what this crate decides.
+//! No IO.
 //!
 //! - [`frame`]: [`read_packet`] cuts MQTT 3.1.1 packets out of a buffer with
 //!   rumqttc's codec, under the caps [`MAX_PACKET_BEFORE_AUTH`] and
@@ -11,6 +12,8 @@
 //!   [`desired_patch`], [`method_request`], [`c2d`]).
 //! - [`bag`]: property bags, split into [`SystemProperties`] and
 //!   [`AppProperties`] ([`parse_bag`]) and written back ([`format_bag`]).
+//! - [`session`]: one device's session after CONNECT as a state machine
+//!   without IO — packets, pushes and time in, [`Action`]s out.
 //! - [`error_body`]: the body of a failed twin request.
 //! - [`fuzz_decode`]: the fuzzing entry point (see `fuzz/` at the repository root).
 //!
@@ -28,6 +31,7 @@ mod body;
 pub mod frame;
 mod fuzz;
 mod pct;
+pub mod session;
 pub mod topic;
 pub mod username;
 
@@ -37,6 +41,7 @@ pub use frame::{
     read_packet, write_packet, FrameError, MAX_MESSAGE_BYTES, MAX_PACKET, MAX_PACKET_BEFORE_AUTH,
 };
 pub use fuzz::fuzz_decode;
+pub use session::{Accepted, Action, C2dMessage, Close, Input, Session};
 pub use topic::{
     c2d, desired_patch, granted_qos, method_request, parse_filter, parse_publish, twin_response, Inbound,
     Subscription, SubscriptionSet, TopicError,

@@ -1,24 +1,28 @@
-//! One device's MQTT session, from CONNECT to close.
+//! One device's MQTT connection, from CONNECT to close: the IO around the
+//! pure session of `ferrohub_mqtt::session`.
 //!
 //! The loop waits on four things: bytes from the device, pushes from the hub
-//! ([`Outbound`]: desired patches, method calls, queued C2D), the keep-alive
-//! deadline and the token's expiry — plus a kick (takeover, disable,
-//! delete, slow consumer). Protocol violations close this one connection and
-//! nothing else.
+//! ([`Outbound`]: desired patches, method calls, queued C2D), the session's
+//! next deadline (keep-alive or token expiry) and a kick (takeover,
+//! disable, delete, slow consumer). Each becomes an [`Input`] to the
+//! session; the [`Action`]s it returns are carried out here, in order,
+//! against the [`Hub`] and the transport. What is a violation, which
+//! subscriptions hold, packet ids and the C2D window are the session's
+//! decisions; write timeouts, kicks during writes and the close are this
+//! loop's. Protocol violations close this one connection and nothing else.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ferrohub_mqtt::frame::{read_packet, write_packet, MAX_PACKET, MAX_PACKET_BEFORE_AUTH};
-use ferrohub_mqtt::topic::{self, Inbound, Subscription};
-use ferrohub_mqtt::v4::{ConnAck, ConnectReturnCode, Packet, PubAck, Publish, SubAck, UnsubAck};
-use ferrohub_mqtt::QoS;
+use ferrohub_mqtt::session::{Accepted, Action, Close, Input, Session};
+use ferrohub_mqtt::v4::{ConnAck, ConnectReturnCode, Packet};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use super::c2d::C2dDelivery;
 use super::transport::Transport;
 use crate::clock;
 use crate::hub::methods::MethodReply;
@@ -29,8 +33,6 @@ use crate::hub::Hub;
 
 /// How long a client may take to send CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// IoT Hub's cap on the server-side keep-alive timeout.
-const MAX_KEEP_ALIVE: Duration = Duration::from_secs(1767);
 /// How often `lastActivityTime` is flushed while a device is busy.
 const ACTIVITY_FLUSH: Duration = Duration::from_secs(60);
 /// How long one write may wait for the device to read.
@@ -69,6 +71,18 @@ impl From<std::io::Error> for End {
     }
 }
 
+impl From<Close> for End {
+    fn from(c: Close) -> Self {
+        match c {
+            Close::Disconnect => Self::Disconnect,
+            Close::Kicked => Self::Kicked,
+            Close::KeepAlive => Self::KeepAlive,
+            Close::TokenExpired => Self::TokenExpired,
+            Close::Violation(what) => Self::Violation(what),
+        }
+    }
+}
+
 fn violation(what: impl Into<String>) -> End {
     End::Violation(what.into())
 }
@@ -100,9 +114,9 @@ pub(crate) async fn serve(state: Arc<Hub>, mut transport: Transport, client_cert
     };
     let span = tracing::info_span!("device", device_id = %who.device_id);
     async move {
-        match Session::start(state, transport, buf, connect, who).await {
-            Ok(session) => {
-                let end = session.run().await;
+        match Link::start(state, transport, buf, connect, who).await {
+            Ok((link, first)) => {
+                let end = link.run(first).await;
                 tracing::info!(?end, "device disconnected");
             }
             Err(e) => tracing::warn!(?e, "session start failed"),
@@ -139,58 +153,47 @@ async fn send(transport: &mut Transport, packet: &Packet) -> Result<(), End> {
     Ok(())
 }
 
-struct Session {
+/// The connection: its transport, its hub-side guard and its session.
+struct Link {
     state: Arc<Hub>,
     transport: Transport,
     buf: BytesMut,
-    device_id: String,
     /// Presence and the persistent session; dropping it records the end.
     conn: DeviceConnection,
-    keep_alive: Option<Duration>,
-    expires: Option<Instant>,
+    session: Session,
     rx: mpsc::Receiver<Outbound>,
-    c2d: C2dDelivery,
     last_flush: Instant,
 }
 
-impl Session {
+impl Link {
+    /// Registers the connection with the hub and accepts the session; the
+    /// returned actions (CONNACK, a first C2D fetch) are carried out by
+    /// [`run`](Self::run).
     async fn start(
         state: Arc<Hub>,
-        mut transport: Transport,
+        transport: Transport,
         buf: BytesMut,
         connect: ferrohub_mqtt::v4::Connect,
         who: super::auth::Authenticated,
-    ) -> Result<Self, End> {
+    ) -> Result<(Self, Vec<Action>), End> {
         let device_id = who.device_id;
         let mut conn = state.sessions.connect(&device_id, !connect.clean_session).await?;
         let rx = conn.take_outbound().ok_or_else(|| violation("outbound queue taken"))?;
         let session_present = conn.session_present();
-        send(&mut transport, &Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, session_present)))
-            .await?;
-        tracing::info!(device_id, session_present, "device connected");
-        let keep_alive = (connect.keep_alive > 0)
-            .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500).min(MAX_KEEP_ALIVE));
         let now_unix = clock::unix_seconds();
-        let expires = who
-            .expires
-            .map(|se| Instant::now() + Duration::from_secs(se.saturating_sub(now_unix).max(0) as u64));
-        let c2d = C2dDelivery::new(device_id.clone(), conn.connection_token().to_owned());
-        let mut session = Self {
-            state,
-            transport,
-            buf,
+        let token_lifetime =
+            who.expires.map(|se| Duration::from_secs(se.saturating_sub(now_unix).max(0) as u64));
+        let accepted = Accepted {
             device_id,
-            conn,
-            keep_alive,
-            expires,
-            rx,
-            c2d,
-            last_flush: Instant::now(),
+            keep_alive_secs: connect.keep_alive,
+            token_lifetime,
+            subscriptions: conn.subscriptions(),
+            session_present,
         };
-        if session.subscribed(Subscription::C2d) {
-            session.deliver_c2d().await?;
-        }
-        Ok(session)
+        let now = Instant::now();
+        let (session, first) = Session::accept(accepted, now);
+        tracing::info!(device_id = session.device_id(), session_present, "device connected");
+        Ok((Self { state, transport, buf, conn, session, rx, last_flush: now }, first))
     }
 
     /// Writes a packet. A write the device does not take within
@@ -208,15 +211,14 @@ impl Session {
         }
     }
 
-    fn subscribed(&self, s: Subscription) -> bool {
-        self.conn.subscribed(s)
-    }
-
-    /// Runs the session to its end. The end is recorded before the close,
-    /// which may wait on a device that stopped reading (bounded for that
-    /// reason); should this task panic instead, `conn`'s drop records it.
-    async fn run(mut self) -> End {
-        let end = self.run_loop().await;
+    /// Runs the connection to its end. The end is recorded before the
+    /// close, which may wait on a device that stopped reading (bounded for
+    /// that reason); should this task panic instead, `conn`'s drop records it.
+    async fn run(mut self, first: Vec<Action>) -> End {
+        let end = match self.carry_out(first).await {
+            Ok(()) => self.run_loop().await,
+            Err(end) => end,
+        };
         let Self { conn, mut transport, .. } = self;
         conn.close().await;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, transport.shutdown()).await;
@@ -224,61 +226,127 @@ impl Session {
     }
 
     async fn run_loop(&mut self) -> End {
-        let mut last_read = Instant::now();
         loop {
-            let keep_alive = self.keep_alive.map(|k| last_read + k);
-            tokio::select! {
+            let deadline = self.session.next_deadline();
+            let input = tokio::select! {
                 biased;
-                _ = self.conn.kicked() => return End::Kicked,
-                _ = sleep_until(self.expires) => return End::TokenExpired,
-                _ = sleep_until(keep_alive) => return End::KeepAlive,
+                _ = self.conn.kicked() => Input::Kicked,
+                _ = sleep_until(deadline) => Input::Tick,
                 read = self.transport.read(&mut self.buf) => {
                     match read {
                         Ok(0) => return End::Closed,
                         Err(e) => return End::Io(e),
                         Ok(_) => {}
                     }
-                    last_read = Instant::now();
+                    self.session.bytes_received(Instant::now());
                     if let Err(end) = self.drain_packets().await {
                         return end;
                     }
                     self.flush_activity();
+                    continue;
                 }
-                Some(out) = self.rx.recv() => {
-                    if let Err(end) = self.push(out).await {
-                        return end;
-                    }
-                }
+                Some(out) = self.rx.recv() => match out {
+                    Outbound::Desired { version, body } => Input::Desired { version, body },
+                    Outbound::Method { name, rid, payload } => Input::Method { name, rid, payload },
+                    Outbound::C2dAvailable => Input::C2dAvailable,
+                },
+            };
+            if let Err(end) = self.feed(input).await {
+                return end;
             }
         }
     }
 
-    /// Handles every complete packet in the buffer.
+    /// Feeds every complete packet in the buffer to the session.
     async fn drain_packets(&mut self) -> Result<(), End> {
         loop {
-            let packet = match read_packet(&mut self.buf, MAX_PACKET) {
-                Ok(Some(p)) => p,
+            match read_packet(&mut self.buf, MAX_PACKET) {
+                Ok(Some(p)) => self.feed(Input::Packet(p)).await?,
                 Ok(None) => break,
                 Err(e) => return Err(violation(e.to_string())),
-            };
-            match packet {
-                Packet::Publish(p) => self.on_publish(p).await?,
-                Packet::PubAck(ack) => {
-                    if self.c2d.acked(&self.state, ack.pkid).await {
-                        self.deliver_c2d().await?;
-                    }
-                }
-                Packet::Subscribe(s) => self.on_subscribe(s).await?,
-                Packet::Unsubscribe(u) => self.on_unsubscribe(u).await?,
-                Packet::PingReq => self.send(&Packet::PingResp).await?,
-                Packet::Disconnect => return Err(End::Disconnect),
-                other => return Err(violation(format!("unexpected {other:?}"))),
             }
         }
         if self.buf.is_empty() && self.buf.capacity() > KEEP_BUFFER {
             self.buf = BytesMut::new();
         }
         Ok(())
+    }
+
+    async fn feed(&mut self, input: Input) -> Result<(), End> {
+        let actions = self.session.handle(Instant::now(), input);
+        self.carry_out(actions).await
+    }
+
+    /// Carries out the session's actions in order. An action that asks the
+    /// hub something feeds the answer back, and what the session makes of
+    /// it goes first: a twin response is written before the PUBACK of its
+    /// request.
+    async fn carry_out(&mut self, actions: Vec<Action>) -> Result<(), End> {
+        let mut work = VecDeque::from(actions);
+        while let Some(action) = work.pop_front() {
+            let Some(answer) = self.act(action).await? else { continue };
+            let more = self.session.handle(Instant::now(), answer);
+            for a in more.into_iter().rev() {
+                work.push_front(a);
+            }
+        }
+        Ok(())
+    }
+
+    /// One action; `Some` is the hub's answer for the session.
+    async fn act(&mut self, action: Action) -> Result<Option<Input>, End> {
+        let device_id = self.session.device_id();
+        Ok(match action {
+            Action::Write(p) => {
+                self.send(&p).await?;
+                None
+            }
+            Action::Close(c) => return Err(c.into()),
+            Action::Telemetry { properties, payload } => {
+                // Copy: the payload is a view into the connection's read buffer.
+                let body = Bytes::copy_from_slice(&payload);
+                let event = TelemetryEvent::from_device(device_id, properties, body, clock::now());
+                self.state.telemetry.push(event);
+                None
+            }
+            Action::TwinGet { rid } => {
+                let reply = self.state.registry.device_twin(device_id).await;
+                Some(twin_result(rid, reply.map(|v| (200, None, Bytes::from(v.to_string())))))
+            }
+            Action::ReportedPatch { rid, payload } => {
+                let reply = match serde_json::from_slice::<serde_json::Value>(&payload) {
+                    Ok(patch) => self.state.registry.patch_reported(device_id, &patch).await,
+                    Err(e) => Err(ferrohub_core::HubError::format(format!(
+                        "The reported patch is not valid JSON: {e}"
+                    ))),
+                };
+                Some(twin_result(rid, reply.map(|v| (204, Some(v), Bytes::new()))))
+            }
+            Action::MethodResponse { rid, status, payload } => {
+                let payload = if payload.is_empty() {
+                    serde_json::Value::Null
+                } else {
+                    serde_json::from_slice(&payload).unwrap_or_else(|_| {
+                        serde_json::Value::String(String::from_utf8_lossy(&payload).into_owned())
+                    })
+                };
+                let reply = MethodReply { status: i64::from(status), payload };
+                self.state.methods.complete(device_id, &rid, reply);
+                None
+            }
+            Action::StoreSubscriptions(next) => {
+                let before = self.conn.set_subscriptions(next).await?;
+                tracing::debug!(?next, ?before, "subscriptions changed");
+                None
+            }
+            Action::FetchC2d { max } => {
+                Some(Input::C2dFetched(super::c2d::fetch(&self.state, &self.conn, max).await))
+            }
+            Action::CompleteC2d { seq } => {
+                super::c2d::complete(&self.state, &self.conn, seq).await;
+                None
+            }
+        })
     }
 
     /// Best-effort `lastActivityTime`, at most once a minute while busy.
@@ -288,152 +356,26 @@ impl Session {
         }
         self.last_flush = Instant::now();
         let registry = self.state.registry.clone();
-        let device_id = self.device_id.clone();
+        let device_id = self.session.device_id().to_owned();
         tokio::spawn(async move {
             let _ = registry.touch_activity(&device_id, clock::now()).await;
         });
     }
+}
 
-    async fn on_publish(&mut self, p: Publish) -> Result<(), End> {
-        if p.qos == QoS::ExactlyOnce {
-            return Err(violation("QoS 2 publish"));
+/// A twin request's answer, with Azure's error body on failure (the Node
+/// SDK reads only the body).
+fn twin_result(rid: String, reply: ferrohub_core::HubResult<(u16, Option<i64>, Bytes)>) -> Input {
+    let (status, version, body) = match reply {
+        Ok(r) => r,
+        Err(e) => {
+            let now = clock::now().to_iso();
+            let tracking = uuid::Uuid::new_v4().simple().to_string();
+            let body = ferrohub_mqtt::error_body(e.code.numeric(), &e.message, &tracking, &now);
+            (e.code.http_status(), None, Bytes::from(body))
         }
-        let inbound = topic::parse_publish(&p.topic, &self.device_id)
-            .map_err(|e| violation(format!("publish to {}: {e}", p.topic)))?;
-        match inbound {
-            Inbound::Telemetry(bag) => {
-                // The SDKs allow payloads of up to 256 KiB with properties on
-                // top, so the cap is on the payload.
-                if p.payload.len() > ferrohub_core::message::MAX_TELEMETRY {
-                    return Err(violation("telemetry message over 256 KB"));
-                }
-                let mut props = bag.parse();
-                if p.retain {
-                    props.application.insert("mqtt-retain", Some("true".into()));
-                }
-                // Copy: the payload is a view into the connection's read buffer.
-                let body = Bytes::copy_from_slice(&p.payload);
-                self.state.telemetry.push(TelemetryEvent::from_device(
-                    &self.device_id,
-                    props,
-                    body,
-                    clock::now(),
-                ));
-            }
-            Inbound::TwinGet { rid } => {
-                let rid = rid.to_owned();
-                let reply = self.state.registry.device_twin(&self.device_id).await;
-                self.twin_reply(&rid, reply.map(|v| (200, None, Bytes::from(v.to_string())))).await?;
-            }
-            Inbound::TwinPatchReported { rid } => {
-                let rid = rid.to_owned();
-                let reply = match serde_json::from_slice::<serde_json::Value>(&p.payload) {
-                    Ok(patch) => self.state.registry.patch_reported(&self.device_id, &patch).await,
-                    Err(e) => Err(ferrohub_core::HubError::format(format!(
-                        "The reported patch is not valid JSON: {e}"
-                    ))),
-                };
-                self.twin_reply(&rid, reply.map(|v| (204, Some(v), Bytes::new()))).await?;
-            }
-            Inbound::MethodResponse { status, rid } => {
-                let payload = if p.payload.is_empty() {
-                    serde_json::Value::Null
-                } else {
-                    serde_json::from_slice(&p.payload).unwrap_or_else(|_| {
-                        serde_json::Value::String(String::from_utf8_lossy(&p.payload).into_owned())
-                    })
-                };
-                let rid = rid.to_owned();
-                self.state.methods.complete(
-                    &self.device_id,
-                    &rid,
-                    MethodReply { status: i64::from(status), payload },
-                );
-            }
-        }
-        if p.qos == QoS::AtLeastOnce {
-            self.send(&Packet::PubAck(PubAck::new(p.pkid))).await?;
-        }
-        Ok(())
-    }
-
-    /// Answers a twin request on `$iothub/twin/res/{status}/?$rid=..`, with
-    /// Azure's error body on failure (the Node SDK reads only the body).
-    async fn twin_reply(
-        &mut self,
-        rid: &str,
-        reply: ferrohub_core::HubResult<(u16, Option<i64>, Bytes)>,
-    ) -> Result<(), End> {
-        // Answered even without a `$iothub/twin/res/#` subscription: the
-        // Python SDK GETs the twin after every reconnect without one.
-        let (status, version, body) = match reply {
-            Ok(r) => r,
-            Err(e) => {
-                let now = clock::now().to_iso();
-                let tracking = uuid::Uuid::new_v4().simple().to_string();
-                let body = ferrohub_mqtt::error_body(e.code.numeric(), &e.message, &tracking, &now);
-                (e.code.http_status(), None, Bytes::from(body))
-            }
-        };
-        let topic = topic::twin_response(status, rid, version);
-        self.send(&Packet::Publish(Publish::from_bytes(topic, QoS::AtMostOnce, body))).await
-    }
-
-    async fn on_subscribe(&mut self, s: ferrohub_mqtt::v4::Subscribe) -> Result<(), End> {
-        let mut codes = Vec::with_capacity(s.filters.len());
-        let mut next = self.conn.subscriptions();
-        for f in &s.filters {
-            let sub = topic::parse_filter(&f.path, &self.device_id)
-                .map_err(|e| violation(format!("subscribe to {}: {e}", f.path)))?;
-            next.insert(sub);
-            codes.push(topic::granted_qos(f.qos));
-        }
-        let before = self.conn.set_subscriptions(next).await?;
-        tracing::debug!(?next, ?before, "subscribed");
-        self.send(&Packet::SubAck(SubAck::new(s.pkid, codes))).await?;
-        if next.contains(Subscription::C2d) && !before.contains(Subscription::C2d) {
-            self.deliver_c2d().await?;
-        }
-        Ok(())
-    }
-
-    async fn on_unsubscribe(&mut self, u: ferrohub_mqtt::v4::Unsubscribe) -> Result<(), End> {
-        let mut next = self.conn.subscriptions();
-        for t in &u.topics {
-            let sub = topic::parse_filter(t, &self.device_id)
-                .map_err(|e| violation(format!("unsubscribe {t}: {e}")))?;
-            next.remove(sub);
-        }
-        self.conn.set_subscriptions(next).await?;
-        tracing::debug!(?next, "unsubscribed");
-        self.send(&Packet::UnsubAck(UnsubAck::new(u.pkid))).await
-    }
-
-    async fn push(&mut self, out: Outbound) -> Result<(), End> {
-        match out {
-            Outbound::Desired { version, body } => {
-                let publish = Publish::from_bytes(topic::desired_patch(version), QoS::AtMostOnce, body);
-                self.send(&Packet::Publish(publish)).await
-            }
-            Outbound::Method { name, rid, payload } => {
-                let topic = topic::method_request(&name, &rid).map_err(|e| violation(e.to_string()))?;
-                // Through `self.send` like every push: the same write
-                // timeout and kick.
-                self.send(&Packet::Publish(Publish::from_bytes(topic, QoS::AtMostOnce, payload))).await
-            }
-            Outbound::C2dAvailable => self.deliver_c2d().await,
-        }
-    }
-
-    async fn deliver_c2d(&mut self) -> Result<(), End> {
-        if !self.subscribed(Subscription::C2d) {
-            return Ok(());
-        }
-        for publish in self.c2d.next_batch(&self.state).await {
-            self.send(&Packet::Publish(publish)).await?;
-        }
-        Ok(())
-    }
+    };
+    Input::TwinResult { rid, status, version, body }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
