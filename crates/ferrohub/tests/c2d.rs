@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::mqtt::{create_device, http, owner_token, service, RawMqtt};
-use common::TestHub;
+use common::{fails, ok, ok_json, TestHub};
 use ferrohub_mqtt::v4::{Packet, PubAck, Publish};
 use serde_json::Value;
 
@@ -366,4 +366,49 @@ async fn queues_and_feedback_survive_graceful_and_hard_restarts() {
     assert_eq!(body, "kept");
     puback(&mut c, &p).await;
     expect_feedback(&hub, &[("gone", "Purged"), ("kept", "Success")]).await;
+}
+
+#[tokio::test]
+async fn the_cli_sends_with_an_ack_purges_and_reads_feedback() {
+    let hub = TestHub::start();
+    create_device(&hub, "cli-dev").await;
+    for (id, ack) in [("c-full", "full"), ("c-none", "none"), ("c-neg", "negative")] {
+        ok(&hub.cli(&["c2d-message", "send", "-d", "cli-dev", "--message-id", id, "--ack", ack]));
+    }
+    // clap refuses an unknown mode before anything is sent.
+    let bad = hub.cli(&["c2d-message", "send", "-d", "cli-dev", "--ack", "sometimes"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("sometimes"));
+    assert_eq!(queued(&hub, "cli-dev").await, 3);
+    let purged = ok_json(&hub.cli(&["c2d-message", "purge", "-d", "cli-dev"]));
+    assert_eq!(purged, serde_json::json!({"totalMessagesPurged": 3, "deviceId": "cli-dev"}));
+    // tsv: the values in key order.
+    assert_eq!(ok(&hub.cli(&["c2d-message", "purge", "-d", "cli-dev", "-o", "tsv"])), "cli-dev\t0\n");
+    let line = fails(&hub.cli(&["c2d-message", "purge", "-d", "nobody"]));
+    assert!(line.contains("DeviceNotFound"), "{line}");
+
+    // --abandon prints the records and puts them back ...
+    let ids = |v: &Value| -> Vec<(String, String)> {
+        let mut out: Vec<_> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["originalMessageId"].as_str().unwrap().to_owned(),
+                    r["statusCode"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let want = vec![("c-full".to_owned(), "Purged".to_owned()), ("c-neg".to_owned(), "Purged".to_owned())];
+    let abandoned = ok_json(&hub.cli(&["c2d-message", "feedback", "--abandon"]));
+    assert_eq!(ids(&abandoned), want);
+    // ... so the next read gets them again, completes them, and then
+    // there is nothing left.
+    let table = ok(&hub.cli(&["c2d-message", "feedback", "-o", "table"]));
+    assert!(table.contains("c-full") && table.contains("Purged"), "{table}");
+    assert_eq!(ok_json(&hub.cli(&["c2d-message", "feedback"])), serde_json::json!([]));
+    assert_eq!(feedback(&hub).await.status, 204);
 }
