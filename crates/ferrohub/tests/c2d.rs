@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::mqtt::{create_device, http, owner_token, service, RawMqtt};
+use common::mqtt::{create_device, http, now_unix, owner_token, service, token, RawMqtt};
 use common::{fails, ok, ok_json, TestHub};
 use ferrohub_mqtt::v4::{Packet, PubAck, Publish};
 use serde_json::Value;
@@ -49,10 +49,21 @@ async fn call(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Answer {
+    call_as(hub, &owner_token(hub), method, path, headers, body.as_bytes().to_vec()).await
+}
+
+async fn call_as(
+    hub: &TestHub,
+    authorization: &str,
+    method: reqwest::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Answer {
     let mut req = http(hub)
         .request(method, format!("https://localhost:{}{path}?api-version=2021-04-12", hub.https_port()))
-        .header("authorization", owner_token(hub))
-        .body(body.to_owned());
+        .header("authorization", authorization)
+        .body(body);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -411,4 +422,44 @@ async fn the_cli_sends_with_an_ack_purges_and_reads_feedback() {
     assert!(table.contains("c-full") && table.contains("Purged"), "{table}");
     assert_eq!(ok_json(&hub.cli(&["c2d-message", "feedback"])), serde_json::json!([]));
     assert_eq!(feedback(&hub).await.status, 204);
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_changes_nothing() {
+    let hub = TestHub::start();
+    let key = create_device(&hub, "bad").await;
+    send_acked(&hub, "bad", "b-1", "full").await;
+    assert_eq!(purge(&hub, "bad").await.status, 200);
+    send_acked(&hub, "bad", "b-2", "full").await;
+    let device_token = token("bad", &key, now_unix() + 600);
+    // The service routes refuse a device's own token, even for its own id.
+    let refused = [
+        (reqwest::Method::DELETE, "/devices/bad/commands"),
+        (reqwest::Method::GET, "/messages/serviceBound/feedback"),
+        (reqwest::Method::DELETE, "/messages/serviceBound/feedback/x"),
+        (reqwest::Method::POST, "/messages/serviceBound/feedback/x/abandon"),
+        (reqwest::Method::POST, "/devices/bad/messages/deviceBound"),
+    ];
+    for (method, path) in refused {
+        let a = call_as(&hub, &device_token, method.clone(), path, &[], b"x".to_vec()).await;
+        assert_eq!(a.status, 401, "{method} {path}: {}", a.body);
+    }
+    // Too large (over 64 KiB) and an unknown ack mode store nothing.
+    let a = call_as(
+        &hub,
+        &owner_token(&hub),
+        reqwest::Method::POST,
+        "/devices/bad/messages/deviceBound",
+        &[("iothub-ack", "full")],
+        vec![b'x'; 65 * 1024],
+    )
+    .await;
+    assert_eq!(a.status, 413, "{}", a.body);
+    assert_eq!(a.error_code(), "MessageTooLarge");
+    let a = send(&hub, "bad", "x", &[("iothub-ack", "sometimes")]).await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(a.error_code(), "ArgumentInvalid");
+    assert_eq!(queued(&hub, "bad").await, 1, "only b-2 is queued");
+    // The feedback of b-1 is still there, untouched by the refused calls.
+    expect_feedback(&hub, &[("b-1", "Purged")]).await;
 }
