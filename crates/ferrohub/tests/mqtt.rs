@@ -469,12 +469,20 @@ async fn c2d_messages_queue_durably_survive_restart_and_respect_limits() {
 async fn expired_c2d_messages_are_not_delivered() {
     let hub = TestHub::start();
     let key = create_device(&hub, "ttl").await;
-    let soon =
-        ferrohub_core::time::Timestamp::from_unix_nanos(i128::from(now_unix() + 1) * 1_000_000_000).to_iso();
+    // A millisecond expiry 1.5 s ahead: still in the future when the hub
+    // reads it (a whole-second one could already be past).
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let soon = ferrohub_core::time::Timestamp::from_unix_millis(now_ms + 1_500).to_iso();
     assert_eq!(send_c2d(&hub, "ttl", "short-lived", &[("iothub-expiry", &soon)]).await, 204);
     assert_eq!(send_c2d(&hub, "ttl", "lasting", &[]).await, 204);
-    // Wait out the first message's time to live (time must pass here).
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Wait out the first message's time to live (time must pass here):
+    // until a moment past the expiry, measured on the same clock.
+    let left = (now_ms + 1_600)
+        - std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    if left > 0 {
+        tokio::time::sleep(Duration::from_millis(left as u64)).await;
+    }
     let (mut c, _) = RawMqtt::device(&hub, "ttl", &key, true).await;
     c.subscribe(&[&c2d_filter("ttl")]).await;
     let p = c.next_publish().await.unwrap();

@@ -56,6 +56,7 @@
 
 mod error;
 mod events;
+mod feedback;
 mod firmware;
 mod messaging;
 mod sse;
@@ -74,6 +75,7 @@ use serde_json::Value;
 
 pub use error::Error;
 pub use events::{Event, EventStream};
+pub use feedback::{FeedbackBatch, FeedbackRecord, FeedbackStatus, PurgeResult};
 pub use ferrohub_core::identity::{
     Authentication, AuthenticationType, Capabilities, ConnectionState, Device, DeviceStatus, SymmetricKey,
     X509Thumbprint,

@@ -66,20 +66,6 @@ pub enum StoreError {
     Backend(String),
 }
 
-/// A queued cloud-to-device message as stored. The message itself is
-/// opaque JSON to the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredC2d {
-    /// Position in the device's queue (increasing).
-    pub seq: i64,
-    /// When it expires (Unix seconds).
-    pub expiry_unix: i64,
-    /// How often it was sent without being completed.
-    pub delivery_count: i64,
-    /// The message, serialised by the caller.
-    pub message: String,
-}
-
 /// A stored configuration: its JSON document (the caller's type) and the
 /// store's revision for optimistic concurrency.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,42 +247,6 @@ pub trait Store: Send + Sync + 'static {
     /// returns how many records. [`Settled::LockLost`] (nothing changed)
     /// when it holds none.
     async fn abandon_feedback(&self, lock_token: &str, now_ms: i64) -> StoreResult<Settled<usize>>;
-
-    // The first queue API (seconds, no locks), still used by the server's
-    // MQTT delivery until it moves to the methods above. Its messages have
-    // ack none.
-
-    /// Appends a cloud-to-device message unless the device already has
-    /// `max_depth` unexpired ones ([`StoreError::QueueFull`]); expired ones
-    /// are dropped first. Returns the new message's `seq`. Superseded by
-    /// [`Store::enqueue_c2d_message`].
-    async fn enqueue_c2d(
-        &self,
-        device_id: &str,
-        expiry_unix: i64,
-        message: String,
-        max_depth: usize,
-        now_unix: i64,
-    ) -> StoreResult<i64>;
-
-    /// Up to `limit` unexpired messages with `seq > after`, oldest first,
-    /// whatever their locks. Superseded by [`Store::lock_c2d_for_connection`].
-    async fn pending_c2d(
-        &self,
-        device_id: &str,
-        after: i64,
-        now_unix: i64,
-        limit: usize,
-    ) -> StoreResult<Vec<StoredC2d>>;
-
-    /// Counts a delivery attempt. Superseded by
-    /// [`Store::release_c2d_connection`], which counts at connection end.
-    async fn mark_c2d_delivered(&self, device_id: &str, seq: i64) -> StoreResult<()>;
-
-    /// Removes a message the device acknowledged, whatever its lock (with
-    /// Success feedback when asked for, dated by the store's clock).
-    /// Superseded by [`Store::complete_c2d_for_connection`].
-    async fn complete_c2d(&self, device_id: &str, seq: i64) -> StoreResult<()>;
 
     /// Every device record (for full evaluations and queries).
     async fn all_devices(&self) -> StoreResult<Vec<DeviceRecord>>;

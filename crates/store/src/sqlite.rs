@@ -18,13 +18,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ferrohub_core::c2d::{AckMode, AfterSettle, FeedbackRecord, Settlement};
+use ferrohub_core::c2d::{AfterSettle, FeedbackRecord, Settlement};
 use ferrohub_core::identity::Device;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::{
     migrations, status_text, DeviceCounts, DeviceRecord, LockedC2d, NewC2d, Settled, Store, StoreError,
-    StoreResult, StoredC2d, StoredConfiguration,
+    StoreResult, StoredConfiguration,
 };
 
 mod c2d;
@@ -215,8 +215,8 @@ impl SqliteStore {
 
 /// The store reads the clock only where the trait gives it no `now`: to
 /// hide expired cloud-to-device messages from the queue count `get_device`
-/// reports, and to date the feedback of the first queue API's
-/// `complete_c2d`. Every queue rule takes its time from the caller.
+/// and `list_devices` report. Every queue rule takes its time from the
+/// caller.
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -322,15 +322,27 @@ impl Store for SqliteStore {
 
     async fn list_devices(&self, limit: usize) -> StoreResult<Vec<Device>> {
         self.read(move |c| {
+            // The queue count is computed as in `get_device`, so a listing
+            // and a single read never disagree about the same device.
             let mut stmt = c
-                .prepare_cached("SELECT identity FROM devices ORDER BY device_id LIMIT ?1")
+                .prepare_cached(
+                    "SELECT identity,
+                            (SELECT COUNT(*) FROM c2d_messages m WHERE m.device_id = d.device_id AND m.expiry_ms > ?2)
+                     FROM devices d ORDER BY device_id LIMIT ?1",
+                )
                 .map_err(backend)?;
             let rows = stmt
-                .query_map(params![limit as i64], |r| r.get::<_, String>(0))
+                .query_map(params![limit as i64, now_ms()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
                 .map_err(backend)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(backend)?;
-            rows.iter().map(|s| serde_json::from_str(s).map_err(backend)).collect()
+            rows.iter()
+                .map(|(s, queued)| {
+                    let mut device: Device = serde_json::from_str(s).map_err(backend)?;
+                    device.cloud_to_device_message_count = *queued;
+                    Ok(device)
+                })
+                .collect()
         })
         .await
     }
@@ -566,46 +578,6 @@ impl Store for SqliteStore {
     async fn abandon_feedback(&self, lock_token: &str, now_ms: i64) -> StoreResult<Settled<usize>> {
         let token = lock_token.to_owned();
         self.write(move |c| c2d::abandon_feedback(c, &token, now_ms)).await
-    }
-
-    async fn enqueue_c2d(
-        &self,
-        device_id: &str,
-        expiry_unix: i64,
-        message: String,
-        max_depth: usize,
-        now_unix: i64,
-    ) -> StoreResult<i64> {
-        // The message is the caller's JSON; its id is only needed for
-        // feedback, which ack none never writes.
-        let message_id = serde_json::from_str::<serde_json::Value>(&message)
-            .ok()
-            .and_then(|v| v.get("messageId").and_then(|m| m.as_str()).map(str::to_owned))
-            .unwrap_or_default();
-        let new = NewC2d { message_id, ack: AckMode::None, expiry_ms: expiry_unix * 1000, message };
-        self.enqueue_c2d_message(device_id, new, max_depth, now_unix * 1000).await
-    }
-
-    async fn pending_c2d(
-        &self,
-        device_id: &str,
-        after: i64,
-        now_unix: i64,
-        limit: usize,
-    ) -> StoreResult<Vec<StoredC2d>> {
-        let id = device_id.to_owned();
-        self.read(move |c| c2d::pending(c, &id, after, now_unix * 1000, limit)).await
-    }
-
-    async fn mark_c2d_delivered(&self, device_id: &str, seq: i64) -> StoreResult<()> {
-        let id = device_id.to_owned();
-        self.write(move |c| c2d::count_delivery(c, &id, seq)).await
-    }
-
-    async fn complete_c2d(&self, device_id: &str, seq: i64) -> StoreResult<()> {
-        let id = device_id.to_owned();
-        let now = now_ms();
-        self.write(move |c| c2d::complete_unlocked(c, &id, seq, now)).await
     }
 
     async fn all_devices(&self) -> StoreResult<Vec<DeviceRecord>> {

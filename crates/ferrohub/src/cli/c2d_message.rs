@@ -1,4 +1,6 @@
-//! `ferrohub c2d-message send`: az's `az iot device c2d-message send`.
+//! `ferrohub c2d-message`: `send` is az's `az iot device c2d-message send`;
+//! `purge` and `feedback` act as the service on a device's queue and on the
+//! feedback the senders' `--ack` asked for.
 
 use std::path::PathBuf;
 
@@ -17,15 +19,24 @@ pub(crate) const DEFAULT_DATA: &str = "Ping from Az CLI IoT Extension";
 #[derive(Debug, Subcommand)]
 pub(crate) enum C2dMessageCommand {
     /// Send a cloud-to-device message to a device.
-    Send(C2dSendArgs),
+    // Boxed: its many options would make every other variant as large.
+    Send(Box<C2dSendArgs>),
+    /// Remove every message queued for a device.
+    Purge(C2dPurgeArgs),
+    /// Read the oldest delivery feedback (up to 64 records) and complete it,
+    /// or put it back with --abandon.
+    Feedback(C2dFeedbackArgs),
 }
 
 /// `--ack` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum AckArg {
+    /// No feedback (the same as leaving --ack out).
+    None,
     /// Feedback when the device completes the message.
     Positive,
-    /// Feedback when the message expires or is rejected.
+    /// Feedback when the message is dead-lettered: rejected, expired,
+    /// delivered too often or purged.
     Negative,
     /// Both.
     Full,
@@ -34,6 +45,7 @@ pub(crate) enum AckArg {
 impl AckArg {
     fn as_str(self) -> &'static str {
         match self {
+            Self::None => "none",
             Self::Positive => "positive",
             Self::Negative => "negative",
             Self::Full => "full",
@@ -81,6 +93,24 @@ pub(crate) struct C2dSendArgs {
     pub(crate) common: Common,
 }
 
+#[derive(Debug, Args)]
+pub(crate) struct C2dPurgeArgs {
+    /// The device id.
+    #[arg(long, short = 'd', value_name = "ID")]
+    pub(crate) device_id: String,
+    #[command(flatten)]
+    pub(crate) common: Common,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct C2dFeedbackArgs {
+    /// Put the records back for the next reader instead of completing them.
+    #[arg(long)]
+    pub(crate) abandon: bool,
+    #[command(flatten)]
+    pub(crate) common: Common,
+}
+
 /// Parses az's property bag `k=v;k2=v2` (empty parts ignored; a value may
 /// be empty and may contain `=`).
 pub(crate) fn parse_properties(text: &str) -> anyhow::Result<Vec<(String, String)>> {
@@ -106,9 +136,42 @@ pub(crate) fn expiry_iso(millis: i64) -> anyhow::Result<String> {
     Ok(Timestamp::from_unix_nanos(i128::from(millis) * 1_000_000).to_iso())
 }
 
-/// Runs `c2d-message send`.
+/// Runs a `c2d-message` subcommand.
 pub(crate) async fn run(command: C2dMessageCommand) -> anyhow::Result<Outcome> {
-    let C2dMessageCommand::Send(args) = command;
+    match command {
+        C2dMessageCommand::Send(args) => send(*args).await,
+        C2dMessageCommand::Purge(args) => purge(args).await,
+        C2dMessageCommand::Feedback(args) => feedback(args).await,
+    }
+}
+
+/// `c2d-message purge`: prints the hub's answer,
+/// `{"totalMessagesPurged": n, "deviceId": id}`.
+async fn purge(args: C2dPurgeArgs) -> anyhow::Result<Outcome> {
+    let ctx = Context::resolve(&args.common)?;
+    let result = ctx.client()?.purge_c2d(&args.device_id).await?;
+    Outcome::value(&ctx, &result)
+}
+
+/// `c2d-message feedback`: prints the records as the hub sent them (an
+/// array, empty when there were none), after they were settled, so what is
+/// printed is what was taken (or put back) for good.
+async fn feedback(args: C2dFeedbackArgs) -> anyhow::Result<Outcome> {
+    let ctx = Context::resolve(&args.common)?;
+    let client = ctx.client()?;
+    let Some(batch) = client.receive_feedback().await? else {
+        return Outcome::value(&ctx, &[] as &[ferrohub_service_client::FeedbackRecord]);
+    };
+    if args.abandon {
+        client.abandon_feedback(&batch.lock_token).await?;
+    } else {
+        client.complete_feedback(&batch.lock_token).await?;
+    }
+    Outcome::value(&ctx, &batch.records)
+}
+
+/// `c2d-message send`.
+async fn send(args: C2dSendArgs) -> anyhow::Result<Outcome> {
     let body = match (&args.data, &args.data_file_path) {
         (Some(data), _) => data.clone().into_bytes(),
         (None, Some(path)) => {

@@ -13,6 +13,7 @@ mod configurations;
 mod devices;
 pub mod error;
 mod events;
+mod feedback;
 mod firmware;
 mod methods;
 mod query;
@@ -28,7 +29,7 @@ use axum::http::header::{CONTENT_TYPE, IF_MATCH};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use ferrohub_core::sas::Permission;
 use ferrohub_core::{ErrorCode, HubError};
@@ -50,6 +51,10 @@ pub fn router(state: State) -> Router {
         .route("/devices/{id}", get(devices::get).put(devices::put).delete(devices::delete))
         .route("/devices/query", post(query::query))
         .route("/devices/{id}/messages/deviceBound", post(c2d::send))
+        .route("/devices/{id}/commands", delete(feedback::purge))
+        .route("/messages/serviceBound/feedback", get(feedback::receive))
+        .route("/messages/serviceBound/feedback/{lock_token}", delete(feedback::complete))
+        .route("/messages/serviceBound/feedback/{lock_token}/abandon", post(feedback::abandon))
         .route("/configurations", get(configurations::list))
         .route("/configurations/testQueries", post(configurations::test_queries))
         .route(

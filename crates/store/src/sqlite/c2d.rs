@@ -21,7 +21,7 @@ use ferrohub_core::time::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{backend, foreign_key_or_backend};
-use crate::{LockedC2d, NewC2d, Settled, StoreError, StoreResult, StoredC2d};
+use crate::{LockedC2d, NewC2d, Settled, StoreError, StoreResult};
 
 /// The part of a queued message its settlement needs.
 struct Queued {
@@ -411,52 +411,4 @@ pub(super) fn abandon_feedback(c: &Connection, token: &str, now_ms: i64) -> Stor
         .map_err(backend)?;
     }
     Ok(Settled::Done(held.len()))
-}
-
-// The first queue API, kept while the server's MQTT delivery still uses it.
-
-pub(super) fn pending(
-    c: &Connection,
-    device_id: &str,
-    after: i64,
-    now_ms: i64,
-    limit: usize,
-) -> StoreResult<Vec<StoredC2d>> {
-    let mut stmt = c
-        .prepare_cached(
-            "SELECT seq, expiry_ms, delivery_count, message FROM c2d_messages
-             WHERE device_id = ?1 AND seq > ?2 AND expiry_ms > ?3 ORDER BY seq LIMIT ?4",
-        )
-        .map_err(backend)?;
-    let rows = stmt
-        .query_map(params![device_id, after, now_ms, limit as i64], |r| {
-            Ok(StoredC2d {
-                seq: r.get(0)?,
-                expiry_unix: r.get::<_, i64>(1)?.div_euclid(1000),
-                delivery_count: r.get(2)?,
-                message: r.get(3)?,
-            })
-        })
-        .map_err(backend)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(backend)?;
-    Ok(rows)
-}
-
-pub(super) fn count_delivery(c: &Connection, device_id: &str, seq: i64) -> StoreResult<()> {
-    c.execute(
-        "UPDATE c2d_messages SET delivery_count = delivery_count + 1 WHERE device_id = ?1 AND seq = ?2",
-        params![device_id, seq],
-    )
-    .map_err(backend)?;
-    Ok(())
-}
-
-/// Completes a message whatever its lock (the first API had none), with the
-/// feedback its ack mode asks for.
-pub(super) fn complete_unlocked(c: &Connection, device_id: &str, seq: i64, now_ms: i64) -> StoreResult<()> {
-    for q in select_queued(c, "device_id = ?1 AND seq = ?2", params![device_id, seq])? {
-        finish(c, &q, Outcome::Completed, now_ms, now_ms)?;
-    }
-    Ok(())
 }

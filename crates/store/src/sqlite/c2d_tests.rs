@@ -7,7 +7,6 @@ use ferrohub_core::c2d::{
     FEEDBACK_LOCK_DURATION_MS, FEEDBACK_MAX_DELIVERY_COUNT, FEEDBACK_TTL_MS, LOCK_DURATION_MS,
 };
 use ferrohub_core::message::MAX_C2D_QUEUE;
-use rusqlite::params;
 
 use super::tests::{open, record};
 use super::SqliteStore;
@@ -318,6 +317,12 @@ async fn cloud_to_device_message_count_means_queued_and_unexpired() {
     s.enqueue_c2d_message("d", at("queued", now + HOUR), 50, now).await.unwrap();
     s.receive_c2d("d", "tok", now).await.unwrap().unwrap();
     assert_eq!(s.get_device("d").await.unwrap().unwrap().device.cloud_to_device_message_count, 2);
+    // A listing says the same, device by device.
+    s.create_device(&record("e")).await.unwrap();
+    let listed = s.list_devices(10).await.unwrap();
+    let counts: Vec<_> =
+        listed.iter().map(|d| (d.device_id.as_str(), d.cloud_to_device_message_count)).collect();
+    assert_eq!(counts, [("d", 2), ("e", 0)]);
 }
 
 #[tokio::test]
@@ -429,58 +434,29 @@ async fn feedback_outlives_its_device_and_the_hub() {
 }
 
 #[tokio::test]
-async fn the_first_queue_api_still_works_beside_the_new_one() {
+async fn the_queue_is_ordered_never_reuses_seqs_and_goes_with_its_device() {
     let (_d, s) = with_device("d").await;
-    // Seconds in, milliseconds stored.
-    let seq =
-        s.enqueue_c2d("d", T0 / 1000 + 60, "{\"messageId\":\"old\"}".into(), 50, T0 / 1000).await.unwrap();
-    let pending = s.pending_c2d("d", 0, T0 / 1000, 10).await.unwrap();
-    assert_eq!((pending[0].seq, pending[0].expiry_unix), (seq, T0 / 1000 + 60));
-    let m = s.receive_c2d("d", "tok", T0).await.unwrap().unwrap();
-    assert_eq!((m.seq, m.ack, m.expiry_ms), (seq, AckMode::None, T0 + 60_000));
-    let stored_id: String = s
-        .read(move |c| {
-            Ok(c.query_row("SELECT message_id FROM c2d_messages WHERE seq = ?1", params![seq], |r| r.get(0))
-                .unwrap())
-        })
-        .await
-        .unwrap();
-    assert_eq!(stored_id, "old");
-    s.complete_c2d("d", seq).await.unwrap();
-    assert!(rows(&s).await.is_empty());
-}
-
-#[tokio::test]
-async fn the_first_api_queue_is_bounded_ordered_expiring_and_goes_with_its_device() {
-    let (_d, s) = open();
-    s.create_device(&record("q")).await.unwrap();
-    for n in 0..3 {
-        s.enqueue_c2d("q", 1_000 + n, format!("m{n}"), 3, 500).await.unwrap();
+    assert!(matches!(
+        s.enqueue_c2d_message("ghost", msg("x", AckMode::None), MAX_C2D_QUEUE, T0).await,
+        Err(StoreError::NotFound)
+    ));
+    let seqs = futures_seq(&s, &["m0", "m1", "m2"], AckMode::None).await;
+    let locked = s.lock_c2d_for_connection("d", "conn", 10, T0).await.unwrap();
+    assert_eq!(locked.iter().map(|m| m.seq).collect::<Vec<_>>(), seqs, "oldest first");
+    // A queue that empties does not reuse its seqs: a connection's PUBACK
+    // names a seq, and a late one must not complete a newer message.
+    for seq in &seqs {
+        assert!(s.complete_c2d_for_connection("d", "conn", *seq, T0).await.unwrap().done().is_some());
     }
-    assert!(matches!(s.enqueue_c2d("q", 2_000, "x".into(), 3, 500).await, Err(StoreError::QueueFull)));
-    assert!(matches!(s.enqueue_c2d("ghost", 2_000, "x".into(), 3, 500).await, Err(StoreError::NotFound)));
-    let pending = s.pending_c2d("q", 0, 500, 10).await.unwrap();
-    assert_eq!(pending.iter().map(|m| m.message.as_str()).collect::<Vec<_>>(), ["m0", "m1", "m2"]);
-    s.mark_c2d_delivered("q", pending[0].seq).await.unwrap();
-    s.complete_c2d("q", pending[1].seq).await.unwrap();
-    let left = s.pending_c2d("q", 0, 500, 10).await.unwrap();
-    assert_eq!(left.len(), 2);
-    assert_eq!(left[0].delivery_count, 1);
-    // At time 1001 the first (expiry 1000) is gone, making room.
-    assert_eq!(s.pending_c2d("q", 0, 1_001, 10).await.unwrap().len(), 1);
-    s.enqueue_c2d("q", 5_000, "late".into(), 3, 1_001).await.unwrap();
-    // A queue that empties does not reuse its seqs (delivery cursors only
-    // move forward).
-    s.create_device(&record("r")).await.unwrap();
-    let a = s.enqueue_c2d("r", 5_000, "a".into(), 3, 0).await.unwrap();
-    s.complete_c2d("r", a).await.unwrap();
-    let b = s.enqueue_c2d("r", 5_000, "b".into(), 3, 0).await.unwrap();
-    assert!(b > a, "seq {b} after {a}");
-    s.save_session("q", 0b101).await.unwrap();
-    assert_eq!(s.load_session("q").await.unwrap(), Some(0b101));
-    s.delete_device("q", None).await.unwrap();
-    s.create_device(&record("q")).await.unwrap();
-    assert!(s.pending_c2d("q", 0, 0, 10).await.unwrap().is_empty(), "the queue went with the device");
-    assert_eq!(s.load_session("q").await.unwrap(), None, "so did the session");
+    assert!(rows(&s).await.is_empty());
+    let next = s.enqueue_c2d_message("d", msg("m3", AckMode::None), MAX_C2D_QUEUE, T0).await.unwrap();
+    assert!(next > seqs[2], "seq {next} after {}", seqs[2]);
+    s.save_session("d", 0b101).await.unwrap();
+    assert_eq!(s.load_session("d").await.unwrap(), Some(0b101));
+    s.delete_device("d", None).await.unwrap();
+    s.create_device(&record("d")).await.unwrap();
+    assert!(rows(&s).await.is_empty(), "the queue went with the device");
+    assert!(s.receive_c2d("d", "tok", T0).await.unwrap().is_none());
+    assert_eq!(s.load_session("d").await.unwrap(), None, "so did the session");
     assert!(matches!(s.save_session("ghost", 1).await, Err(StoreError::NotFound)));
 }
