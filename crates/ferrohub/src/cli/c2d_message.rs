@@ -1,4 +1,6 @@
-//! `ferrohub c2d-message send`: az's `az iot device c2d-message send`.
+//! `ferrohub c2d-message send`: az's `az iot device c2d-message send`
+//! (the device's side, receive/complete/reject/abandon, is in
+//! [`super::c2d_device`]).
 
 use std::path::PathBuf;
 
@@ -18,6 +20,14 @@ pub(crate) const DEFAULT_DATA: &str = "Ping from Az CLI IoT Extension";
 pub(crate) enum C2dMessageCommand {
     /// Send a cloud-to-device message to a device.
     Send(C2dSendArgs),
+    /// As the device: receive the oldest waiting message, locked for a minute.
+    Receive(super::c2d_device::C2dReceiveArgs),
+    /// As the device: complete a received message.
+    Complete(super::c2d_device::C2dSettleArgs),
+    /// As the device: reject (dead-letter) a received message.
+    Reject(super::c2d_device::C2dSettleArgs),
+    /// As the device: abandon a received message (it is delivered again).
+    Abandon(super::c2d_device::C2dSettleArgs),
 }
 
 /// `--ack` values.
@@ -106,9 +116,21 @@ pub(crate) fn expiry_iso(millis: i64) -> anyhow::Result<String> {
     Ok(Timestamp::from_unix_nanos(i128::from(millis) * 1_000_000).to_iso())
 }
 
-/// Runs `c2d-message send`.
+/// Runs a `c2d-message` subcommand.
 pub(crate) async fn run(command: C2dMessageCommand) -> anyhow::Result<Outcome> {
-    let C2dMessageCommand::Send(args) = command;
+    use super::c2d_device;
+    use ferrohub_service_client::Settle;
+    match command {
+        C2dMessageCommand::Send(args) => send(args).await,
+        C2dMessageCommand::Receive(args) => c2d_device::receive(args).await,
+        C2dMessageCommand::Complete(args) => c2d_device::settle(args, Settle::Complete).await,
+        C2dMessageCommand::Reject(args) => c2d_device::settle(args, Settle::Reject).await,
+        C2dMessageCommand::Abandon(args) => c2d_device::settle(args, Settle::Abandon).await,
+    }
+}
+
+/// Runs `c2d-message send`.
+async fn send(args: C2dSendArgs) -> anyhow::Result<Outcome> {
     let body = match (&args.data, &args.data_file_path) {
         (Some(data), _) => data.clone().into_bytes(),
         (None, Some(path)) => {
