@@ -158,3 +158,30 @@ impl DeviceHttpClient {
         self.send(&path, request).await.map(drop)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+    fn client(cs: &str, device: Option<&str>) -> Result<DeviceHttpClient> {
+        DeviceHttpClient::new(cs, device, ClientOptions { port: Some(8443), ..Default::default() })
+    }
+
+    #[test]
+    fn the_device_comes_from_the_string_or_the_argument() {
+        let device = format!("HostName=h;DeviceId=d1;SharedAccessKey={KEY}");
+        let c = client(&device, None).unwrap();
+        assert_eq!(c.device_id(), "d1");
+        assert_eq!(c.base_url, "https://h:8443");
+        assert!(client(&device, Some("d1")).is_ok());
+        assert!(matches!(client(&device, Some("d2")), Err(Error::Config(_))));
+        let policy = format!("HostName=h;SharedAccessKeyName=device;SharedAccessKey={KEY}");
+        let c = client(&policy, Some("d3")).unwrap();
+        // A policy's token is scoped to the device it acts for.
+        assert_eq!(c.credentials.resource_uri(), "h/devices/d3");
+        assert!(matches!(client(&policy, None), Err(Error::Config(_))));
+    }
+}
