@@ -288,6 +288,17 @@ async fn who_may_call_what() {
         assert_eq!(res.status().as_u16(), 401, "{m} {path} with the service policy");
     }
 
+    // The token is checked before the body is read: an oversized body with
+    // another device's token is 401, not 413.
+    let res = http(&hub)
+        .post(url(&hub, "/devices/dev-b/messages/events"))
+        .header("authorization", &a)
+        .body(vec![b'x'; 300 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 401, "IotHubUnauthorizedAccess").await;
+
     // Device tokens on service routes, the service's send on the same path included: 401.
     for (m, path) in [
         (Method::POST, "/devices/dev-a/messages/deviceBound"),
