@@ -54,6 +54,7 @@
 //! # }
 //! ```
 
+mod device_http;
 mod error;
 mod events;
 mod feedback;
@@ -73,6 +74,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use device_http::{DeviceHttpClient, ReceivedC2d, Settle};
 pub use error::Error;
 pub use events::{Event, EventStream};
 pub use feedback::{FeedbackBatch, FeedbackRecord, FeedbackStatus, PurgeResult};
@@ -457,10 +459,8 @@ impl ServiceClient {
     }
 
     pub(crate) fn token(&self) -> Result<String> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
-        let expiry = i64::try_from(now + TOKEN_LIFETIME.as_secs()).unwrap_or(i64::MAX);
         self.credentials
-            .sas_token(expiry)
+            .sas_token(token_expiry())
             .map_err(|e| Error::Config(format!("cannot sign a token with the policy key: {e}")))
     }
 
@@ -553,6 +553,12 @@ impl ServiceClient {
         let text = response.text().await.map_err(transport)?;
         Ok((status, code, text))
     }
+}
+
+/// When a token signed now expires (Unix seconds): [`TOKEN_LIFETIME`] away.
+pub(crate) fn token_expiry() -> i64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+    i64::try_from(now + TOKEN_LIFETIME.as_secs()).unwrap_or(i64::MAX)
 }
 
 /// The `iothub-errorcode` header of a response.

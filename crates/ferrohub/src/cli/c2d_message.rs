@@ -1,6 +1,7 @@
 //! `ferrohub c2d-message`: `send` is az's `az iot device c2d-message send`;
 //! `purge` and `feedback` act as the service on a device's queue and on the
-//! feedback the senders' `--ack` asked for.
+//! feedback the senders' `--ack` asked for; the device's side,
+//! `receive|complete|reject|abandon`, is in [`super::c2d_device`].
 
 use std::path::PathBuf;
 
@@ -26,6 +27,14 @@ pub(crate) enum C2dMessageCommand {
     /// Read the oldest delivery feedback (up to 64 records) and complete it,
     /// or put it back with --abandon.
     Feedback(C2dFeedbackArgs),
+    /// As the device: receive the oldest waiting message, locked for a minute.
+    Receive(super::c2d_device::C2dReceiveArgs),
+    /// As the device: complete a received message.
+    Complete(super::c2d_device::C2dSettleArgs),
+    /// As the device: reject (dead-letter) a received message.
+    Reject(super::c2d_device::C2dSettleArgs),
+    /// As the device: abandon a received message (it is delivered again).
+    Abandon(super::c2d_device::C2dSettleArgs),
 }
 
 /// `--ack` values.
@@ -138,10 +147,16 @@ pub(crate) fn expiry_iso(millis: i64) -> anyhow::Result<String> {
 
 /// Runs a `c2d-message` subcommand.
 pub(crate) async fn run(command: C2dMessageCommand) -> anyhow::Result<Outcome> {
+    use super::c2d_device;
+    use ferrohub_service_client::Settle;
     match command {
         C2dMessageCommand::Send(args) => send(*args).await,
         C2dMessageCommand::Purge(args) => purge(args).await,
         C2dMessageCommand::Feedback(args) => feedback(args).await,
+        C2dMessageCommand::Receive(args) => c2d_device::receive(args).await,
+        C2dMessageCommand::Complete(args) => c2d_device::settle(args, Settle::Complete).await,
+        C2dMessageCommand::Reject(args) => c2d_device::settle(args, Settle::Reject).await,
+        C2dMessageCommand::Abandon(args) => c2d_device::settle(args, Settle::Abandon).await,
     }
 }
 

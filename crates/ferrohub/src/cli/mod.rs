@@ -11,6 +11,7 @@
 
 pub(crate) mod agent;
 pub(crate) mod args;
+pub(crate) mod c2d_device;
 pub(crate) mod c2d_message;
 pub(crate) mod configuration;
 pub(crate) mod context;

@@ -10,12 +10,14 @@
 mod body;
 mod c2d;
 mod configurations;
+mod device;
 mod devices;
 pub mod error;
 mod events;
 mod feedback;
 mod firmware;
 mod methods;
+mod paths;
 mod query;
 mod rollouts;
 mod stats;
@@ -29,7 +31,7 @@ use axum::http::header::{CONTENT_TYPE, IF_MATCH};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 use ferrohub_core::sas::Permission;
 use ferrohub_core::{ErrorCode, HubError};
@@ -42,15 +44,31 @@ use error::{ApiError, ApiResult};
 /// Shared handler state: the hub core.
 pub type State = Arc<Hub>;
 
-/// The service API router.
+/// The service API and the device HTTPS API. Literal path segments match
+/// ignoring case (see [`paths`]): requests are rewritten to the route
+/// table's spelling before routing.
 pub fn router(state: State) -> Router {
-    Router::new()
+    let (routes, table) = routes().finish();
+    let routes = routes.fallback(not_found).method_not_allowed_fallback(method_not_allowed).with_state(state);
+    let canonical = tower::ServiceBuilder::new()
+        .map_request(move |req: axum::extract::Request| table.rewrite(req))
+        .service(routes);
+    Router::new().fallback_service(canonical)
+}
+
+/// Every route, recorded in the table the path rewrite matches against.
+fn routes() -> Routes {
+    Routes::default()
         .route("/devices", get(devices::list).post(devices::bulk))
         // The Node service SDK lists with a trailing slash.
         .route("/devices/", get(devices::list).post(devices::bulk))
         .route("/devices/{id}", get(devices::get).put(devices::put).delete(devices::delete))
         .route("/devices/query", post(query::query))
-        .route("/devices/{id}/messages/deviceBound", post(c2d::send))
+        // POST is the service's send; the rest act as the device.
+        .route("/devices/{id}/messages/deviceBound", post(c2d::send).get(device::receive))
+        .route("/devices/{id}/messages/deviceBound/{lockToken}", delete(device::settle))
+        .route("/devices/{id}/messages/deviceBound/{lockToken}/abandon", post(device::abandon))
+        .route("/devices/{id}/messages/events", post(device::send_event))
         .route("/devices/{id}/commands", delete(feedback::purge))
         .route("/messages/serviceBound/feedback", get(feedback::receive))
         .route("/messages/serviceBound/feedback/{lock_token}", delete(feedback::complete))
@@ -75,9 +93,25 @@ pub fn router(state: State) -> Router {
         .route("/firmware-rollouts/{id}/{action}", post(rollouts::act))
         .route("/statistics/devices", get(stats::devices))
         .route("/statistics/service", get(stats::service))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+}
+
+/// A router that remembers its route patterns.
+#[derive(Default)]
+struct Routes {
+    router: Router<State>,
+    table: paths::RouteTable,
+}
+
+impl Routes {
+    fn route(mut self, path: &'static str, handler: MethodRouter<State>) -> Self {
+        self.table.add(path);
+        self.router = self.router.route(path, handler);
+        self
+    }
+
+    fn finish(self) -> (Router<State>, paths::RouteTable) {
+        (self.router, self.table)
+    }
 }
 
 async fn not_found() -> ApiError {

@@ -1,0 +1,54 @@
+//! `POST /devices/{id}/messages/events`: one message, or a batch, into the
+//! same telemetry stream MQTT devices feed.
+
+use axum::body::Body;
+use axum::extract::{Request, State as AxState};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use ferrohub_core::message::MAX_TELEMETRY;
+use ferrohub_core::{ErrorCode, HubError};
+
+use super::properties::{self, BATCH_CONTENT_TYPE};
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::{IdPath, State};
+use crate::clock;
+use crate::hub::telemetry::TelemetryEvent;
+
+fn is_batch(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(BATCH_CONTENT_TYPE))
+}
+
+pub(crate) async fn send_event(
+    AxState(hub): AxState<State>,
+    IdPath(id): IdPath,
+    req: Request<Body>,
+) -> ApiResult<Response> {
+    let headers = req.headers().clone();
+    super::authenticate(&hub, &headers, &id).await?;
+    // IoT Hub caps a request at 256 KiB, a batch included (as MQTT caps a
+    // payload).
+    let body =
+        crate::api::body::read_limited(&headers, req.into_body(), MAX_TELEMETRY).await.map_err(|_| {
+            ApiError(HubError::new(
+                ErrorCode::MessageTooLarge,
+                format!("A device-to-cloud message is at most {MAX_TELEMETRY} bytes"),
+            ))
+        })?;
+    // Everything is parsed before anything is pushed: a bad batch sends nothing.
+    let messages = if is_batch(&headers) {
+        properties::parse_batch(&body)?.into_iter().map(|(p, b)| (p, Bytes::from(b))).collect()
+    } else {
+        vec![(properties::from_headers(&headers)?, body)]
+    };
+    let now = clock::now();
+    for (props, body) in messages {
+        hub.telemetry.push(TelemetryEvent::from_device(&id, props, body, now));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
