@@ -3,8 +3,8 @@
 # integration tests, and the compatibility suites that drive a real
 # `ferrohub serve` with the official Azure IoT SDKs (service side: npm
 # azure-iothub, PyPI azure-iot-hub; device side: npm azure-iot-device with
-# azure-iot-device-mqtt over Mqtt and MqttWs, PyPI azure-iot-device over TCP
-# and WebSockets). It installs what those need first: Debian packages
+# azure-iot-device-mqtt over Mqtt and MqttWs and azure-iot-device-http over
+# HTTPS, PyPI azure-iot-device over TCP and WebSockets). It installs what those need first: Debian packages
 # with apt-get when a command is missing, npm and pip packages at the exact
 # versions pinned under compat/.
 #

@@ -164,10 +164,9 @@ fn internal(e: impl std::fmt::Display) -> HubError {
     HubError::internal(e.to_string())
 }
 
+/// The hub's clock, in the milliseconds `core::rollout` counts in.
 fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    u64::try_from(crate::clock::now().unix_millis()).unwrap_or(0)
 }
 
 /// What the index and the live connections say about one device.
