@@ -14,13 +14,13 @@ const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
-const { spawn } = require('node:child_process');
 const { EventEmitter } = require('node:events');
 
 const { Client: DeviceClient, Message } = require('azure-iot-device');
 const { Http } = require('azure-iot-device-http');
 const { Registry } = require('azure-iothub');
 const { ok: named, withTimeout } = require('../lib/wait');
+const { ferrohub, monitorEvents } = require('../lib/cli');
 
 const hubConnectionString = process.env.IOTHUB_CONNECTION_STRING;
 const ferrohubBin = process.env.FERROHUB_BIN;
@@ -35,85 +35,6 @@ function hostName() {
   const m = /(?:^|;)HostName=([^;]+)/.exec(hubConnectionString || '');
   assert.ok(m, 'IOTHUB_CONNECTION_STRING has no HostName');
   return m[1];
-}
-
-// Runs the ferrohub CLI to completion; rejects on a non-zero exit.
-function ferrohub(args) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(ferrohubBin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (c) => { out += c; });
-    child.stderr.on('data', (c) => { err += c; });
-    child.on('error', reject);
-    child.on('exit', (code) => (code === 0 ? resolve(out)
-      : reject(new Error(`ferrohub ${args.join(' ')} exited ${code}: ${err}`))));
-  });
-}
-
-// Starts `ferrohub monitor-events` for one device, printing one JSON line
-// per event; `waitFor(pred)` resolves with the first event matching `pred`.
-function monitorEvents(deviceId) {
-  const child = spawn(ferrohubBin,
-    ['monitor-events', '--device-id', deviceId, '--properties', 'all', '--timeout', '60'],
-    { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stderr = '';
-  let buffered = '';
-  const events = [];
-  const bus = new EventEmitter();
-  const exited = new Promise((resolve) => child.on('exit', (code) => resolve(code)));
-  const ready = new Promise((resolve, reject) => {
-    child.stderr.on('data', (chunk) => {
-      stderr += chunk;
-      if (stderr.includes('Starting event monitor')) resolve();
-    });
-    exited.then((code) => reject(new Error(`monitor-events exited (${code}) before it was ready: ${stderr}`)));
-  });
-  child.stdout.on('data', (chunk) => {
-    buffered += chunk;
-    // Pretty-printed or not, each event is one top-level JSON object.
-    let depth = 0;
-    let inString = false;
-    let escaped = false;
-    let start = 0;
-    let consumed = 0;
-    for (let i = 0; i < buffered.length; i += 1) {
-      const c = buffered[i];
-      if (inString) {
-        if (escaped) escaped = false;
-        else if (c === '\\') escaped = true;
-        else if (c === '"') inString = false;
-      } else if (c === '"') inString = true;
-      else if (c === '{') { if (depth === 0) start = i; depth += 1; }
-      else if (c === '}') {
-        depth -= 1;
-        if (depth === 0) {
-          const event = JSON.parse(buffered.slice(start, i + 1));
-          events.push(event);
-          bus.emit('event', event);
-          consumed = i + 1;
-        }
-      }
-    }
-    buffered = buffered.slice(consumed);
-  });
-  return {
-    ready,
-    waitFor(pred) {
-      const hit = events.find(pred);
-      if (hit) return Promise.resolve(hit);
-      return new Promise((resolve, reject) => {
-        const listener = (e) => { if (pred(e)) { bus.removeListener('event', listener); resolve(e); } };
-        bus.on('event', listener);
-        exited.then((code) => reject(new Error(
-          `monitor-events exited (${code}) without the event; saw ${JSON.stringify(events)}; ${stderr}`)));
-      });
-    },
-    stop() {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGINT');
-      return exited;
-    },
-  };
 }
 
 describe('azure-iot-device over Http against ferrohub', () => {
@@ -144,7 +65,7 @@ describe('azure-iot-device over Http against ferrohub', () => {
       return msg;
     };
     await ok(client.open(), 'Http open');
-    monitor = monitorEvents(deviceId);
+    monitor = monitorEvents(deviceId, 60);
     await withTimeout(monitor.ready, 'monitor-events ready', STEP_MS);
   });
 

@@ -5,14 +5,13 @@
 //! stack, TLS trust and error parsing.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use ferrohub_core::connection_string::ConnectionString;
 use reqwest::header::{HeaderMap, AUTHORIZATION, IF_MATCH};
 use reqwest::{Method, StatusCode};
 
 use crate::{
-    encode, error_code_header, tls, token_expiry, ClientOptions, Error, Result, API_VERSION, DEFAULT_TIMEOUT,
+    encode, error_code_header, token_expiry, ClientOptions, Error, Result, API_VERSION, DEFAULT_TIMEOUT,
 };
 
 /// A cloud-to-device message as an HTTPS receive hands it out (locked).
@@ -69,19 +68,13 @@ impl DeviceHttpClient {
         };
         // A policy token is scoped to the device it acts for.
         cs.device_id = Some(device_id.clone());
-        let tls = tls::client_config(options.ca_file.as_deref())?;
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .user_agent(concat!("ferrohub-device-http/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(options.timeout.unwrap_or(DEFAULT_TIMEOUT))
-            .build()
-            .map_err(|e| Error::Config(format!("HTTP client setup failed: {e}")))?;
-        let host = cs.dial_host();
-        let base_url = match options.port {
-            None | Some(443) => format!("https://{host}"),
-            Some(port) => format!("https://{host}:{port}"),
-        };
+        let timeout = Some(options.timeout.unwrap_or(DEFAULT_TIMEOUT));
+        let http = crate::http_client(
+            &options,
+            concat!("ferrohub-device-http/", env!("CARGO_PKG_VERSION")),
+            timeout,
+        )?;
+        let base_url = crate::base_url(&cs, &options);
         Ok(Self { http, base_url, credentials: cs, device_id })
     }
 

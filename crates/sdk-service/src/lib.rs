@@ -198,6 +198,33 @@ pub struct ServiceClient {
     timeout: Duration,
 }
 
+/// The HTTPS client both clients share: the hub's trust roots, a connect
+/// limit, and `timeout` on every request when given.
+pub(crate) fn http_client(
+    options: &ClientOptions,
+    user_agent: &'static str,
+    timeout: Option<Duration>,
+) -> Result<reqwest::Client> {
+    let tls = tls::client_config(options.ca_file.as_deref())?;
+    let mut builder = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .user_agent(user_agent)
+        .connect_timeout(Duration::from_secs(10));
+    if let Some(t) = timeout {
+        builder = builder.timeout(t);
+    }
+    builder.build().map_err(|e| Error::Config(format!("HTTP client setup failed: {e}")))
+}
+
+/// `https://host[:port]` for a connection string's host.
+pub(crate) fn base_url(cs: &ConnectionString, options: &ClientOptions) -> String {
+    let host = cs.dial_host();
+    match options.port {
+        None | Some(443) => format!("https://{host}"),
+        Some(port) => format!("https://{host}:{port}"),
+    }
+}
+
 impl ServiceClient {
     /// A client from a hub connection string
     /// (`HostName=..;SharedAccessKeyName=..;SharedAccessKey=..`).
@@ -212,18 +239,9 @@ impl ServiceClient {
                     .into(),
             ));
         }
-        let tls = tls::client_config(options.ca_file.as_deref())?;
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .user_agent(concat!("ferrohub-service-client/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| Error::Config(format!("HTTP client setup failed: {e}")))?;
-        let host = cs.dial_host();
-        let base_url = match options.port {
-            None | Some(443) => format!("https://{host}"),
-            Some(port) => format!("https://{host}:{port}"),
-        };
+        let http =
+            http_client(&options, concat!("ferrohub-service-client/", env!("CARGO_PKG_VERSION")), None)?;
+        let base_url = base_url(&cs, &options);
         let timeout = options.timeout.unwrap_or(DEFAULT_TIMEOUT);
         Ok(Self { http, base_url, credentials: cs, timeout })
     }

@@ -40,22 +40,21 @@ pub(super) async fn send(
     let body =
         super::body::read_limited(&headers, req.into_body(), MAX_C2D_BODY).await.map_err(|_| too_large())?;
     let now = crate::clock::now();
-    let mut properties = std::collections::BTreeMap::new();
-    for (name, value) in &headers {
-        if let Some(key) = name.as_str().strip_prefix("iothub-app-") {
-            let v = value.to_str().map_err(|_| HubError::invalid(format!("{name} is not valid text")))?;
-            properties.insert(key.to_owned(), v.to_owned());
-        }
-    }
+    let props = super::properties::from_headers(&headers)?;
+    let system = props.system;
     let message = CloudToDeviceMessage {
-        message_id: header(&headers, "iothub-messageid")?.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-        correlation_id: header(&headers, "iothub-correlationid")?,
-        user_id: header(&headers, "iothub-userid")?,
-        content_type: header(&headers, "iothub-contenttype")?.or(header(&headers, "content-type")?),
-        content_encoding: header(&headers, "iothub-contentencoding")?,
-        expiry: c2d_expiry(header(&headers, "iothub-expiry")?.as_deref(), now)?,
+        message_id: system.message_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        correlation_id: system.correlation_id,
+        user_id: system.user_id,
+        content_type: system.content_type.or(header(&headers, "content-type")?),
+        content_encoding: system.content_encoding,
+        expiry: c2d_expiry(system.absolute_expiry_time.as_deref(), now)?,
         enqueued_time: now,
-        properties,
+        properties: props
+            .application
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.unwrap_or_default().to_owned()))
+            .collect(),
         body: body.to_vec(),
     };
     let ack = ferrohub_core::c2d::AckMode::parse(header(&headers, "iothub-ack")?.as_deref())?;

@@ -18,6 +18,7 @@ mod feedback;
 mod firmware;
 mod methods;
 mod paths;
+pub(crate) mod properties;
 mod query;
 mod rollouts;
 mod stats;

@@ -17,7 +17,7 @@ use ferrohub_mqtt::topic::{Subscription, SubscriptionSet};
 use ferrohub_store::Store;
 use tokio::sync::{mpsc, Notify};
 
-use super::c2d::CloudToDevice;
+use super::c2d::{CloudToDevice, Locked};
 use super::presence::{Outbound, Presence};
 use super::registry::Registry;
 use super::store_error::{store_error, Entity};
@@ -44,6 +44,9 @@ pub struct DeviceConnection {
     session_present: bool,
     /// Set once the end was recorded (or is being recorded).
     ended: bool,
+    /// Whether this connection ever asked for C2D messages: only then does
+    /// its end need the store write that releases them.
+    locked_c2d: std::sync::atomic::AtomicBool,
     subscriptions: Arc<AtomicU8>,
     kick: Arc<Notify>,
     outbound: Option<mpsc::Receiver<Outbound>>,
@@ -91,6 +94,7 @@ impl Sessions {
             persistent,
             session_present,
             ended: false,
+            locked_c2d: Default::default(),
             subscriptions,
             kick: registration.kick,
             outbound: Some(rx),
@@ -110,9 +114,20 @@ impl DeviceConnection {
         &self.device_id
     }
 
-    /// The token this connection's C2D locks are held under.
-    pub fn connection_token(&self) -> &str {
-        &self.connection_token
+    /// Up to `max` more of the device's C2D messages, each locked to this
+    /// connection until [`complete_c2d`](Self::complete_c2d); the
+    /// connection's end releases the rest (counted as a delivery).
+    pub async fn lock_c2d(&self, max: usize) -> HubResult<Vec<Locked>> {
+        // Marked before the store call: a task cancelled while the lock
+        // commits must still release what it took.
+        self.locked_c2d.store(true, Ordering::Relaxed);
+        self.c2d.lock_for_connection(&self.device_id, &self.connection_token, max).await
+    }
+
+    /// The device acknowledged a message this connection holds; false when
+    /// it held none (expired meanwhile, or a stray acknowledgement).
+    pub async fn complete_c2d(&self, seq: i64) -> HubResult<bool> {
+        self.c2d.complete_for_connection(&self.device_id, &self.connection_token, seq).await
     }
 
     /// Whether a stored session was restored.
@@ -178,11 +193,14 @@ impl DeviceConnection {
         let (registry, c2d) = (self.registry.clone(), self.c2d.clone());
         let device_id = self.device_id.clone();
         let token = self.connection_token.clone();
+        let locked_c2d = self.locked_c2d.load(Ordering::Relaxed);
         Some(async move {
             // What the connection held goes back to the queue (and to a
             // newer connection, if there is one).
-            if let Err(e) = c2d.release_connection(&device_id, &token).await {
-                tracing::warn!(device_id, %e, "could not release the connection's messages");
+            if locked_c2d {
+                if let Err(e) = c2d.release_connection(&device_id, &token).await {
+                    tracing::warn!(device_id, %e, "could not release the connection's messages");
+                }
             }
             // Skipped under the device's write lock when a newer connection
             // is live (Registry::set_connection_state).

@@ -11,15 +11,14 @@ use ferrohub_mqtt::bag::{format_bag, AppProperties, SystemProperties};
 use ferrohub_mqtt::C2dMessage;
 
 use crate::hub::sessions::DeviceConnection;
-use crate::hub::Hub;
 
 /// Up to `max` more messages, each locked to this connection until its
 /// PUBACK; the connection's end releases the rest (`DeviceConnection`'s
 /// drop). A queue that cannot be read sends nothing now: the next PUBACK
 /// or queued message tries again.
-pub(crate) async fn fetch(hub: &Hub, conn: &DeviceConnection, max: usize) -> Vec<C2dMessage> {
+pub(crate) async fn fetch(conn: &DeviceConnection, max: usize) -> Vec<C2dMessage> {
     let device_id = conn.device_id();
-    let locked = match hub.c2d.lock_for_connection(device_id, conn.connection_token(), max).await {
+    let locked = match conn.lock_c2d(max).await {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(%e, "cannot read the cloud-to-device queue");
@@ -38,9 +37,9 @@ pub(crate) async fn fetch(hub: &Hub, conn: &DeviceConnection, max: usize) -> Vec
 }
 
 /// A PUBACK: completes the message.
-pub(crate) async fn complete(hub: &Hub, conn: &DeviceConnection, seq: i64) {
+pub(crate) async fn complete(conn: &DeviceConnection, seq: i64) {
     tracing::debug!(seq, "cloud-to-device message acknowledged");
-    match hub.c2d.complete_for_connection(conn.device_id(), conn.connection_token(), seq).await {
+    match conn.complete_c2d(seq).await {
         Ok(true) => {}
         Ok(false) => tracing::debug!(seq, "acknowledged after it expired"),
         Err(e) => tracing::warn!(%e, seq, "cannot complete a delivered message"),

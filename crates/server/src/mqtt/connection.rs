@@ -339,11 +339,9 @@ impl Link {
                 tracing::debug!(?next, ?before, "subscriptions changed");
                 None
             }
-            Action::FetchC2d { max } => {
-                Some(Input::C2dFetched(super::c2d::fetch(&self.state, &self.conn, max).await))
-            }
+            Action::FetchC2d { max } => Some(Input::C2dFetched(super::c2d::fetch(&self.conn, max).await)),
             Action::CompleteC2d { seq } => {
-                super::c2d::complete(&self.state, &self.conn, seq).await;
+                super::c2d::complete(&self.conn, seq).await;
                 None
             }
         })

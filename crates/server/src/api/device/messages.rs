@@ -10,9 +10,9 @@ use ferrohub_core::c2d::Settlement;
 use ferrohub_core::precondition::IfMatch;
 use ferrohub_core::HubError;
 
-use super::properties::APP_PREFIX;
 use super::LockPath;
 use crate::api::error::ApiResult;
+use crate::api::properties::APP_PREFIX;
 use crate::api::{if_match, IdPath, State};
 use crate::hub::c2d::Locked;
 

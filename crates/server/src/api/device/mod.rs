@@ -8,7 +8,6 @@
 //! with the receive) keep refusing device tokens.
 
 mod messages;
-mod properties;
 mod telemetry;
 
 pub(super) use messages::{abandon, receive, settle};

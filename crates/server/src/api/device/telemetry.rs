@@ -10,8 +10,8 @@ use bytes::Bytes;
 use ferrohub_core::message::MAX_TELEMETRY;
 use ferrohub_core::{ErrorCode, HubError};
 
-use super::properties::{self, BATCH_CONTENT_TYPE};
 use crate::api::error::{ApiError, ApiResult};
+use crate::api::properties::{self, BATCH_CONTENT_TYPE};
 use crate::api::{IdPath, State};
 use crate::clock;
 use crate::hub::telemetry::TelemetryEvent;

@@ -1,6 +1,8 @@
-//! The one mapping from HTTP-style property names to a telemetry message's
-//! properties, used for both a single message's headers and each entry of
-//! a batch (whose property keys keep the same `iothub-app-` prefix).
+//! The one mapping from HTTP-style property names (`iothub-messageid`,
+//! `iothub-app-*`, ...) to a message's system and application properties:
+//! a device's telemetry (a single message's headers and each entry of a
+//! batch, whose keys keep the same `iothub-app-` prefix) and the service's
+//! cloud-to-device send.
 
 use ferrohub_core::{HubError, HubResult};
 use ferrohub_mqtt::bag::MessageProperties;
