@@ -390,3 +390,31 @@ async fn cli_receives_and_settles_as_the_device() {
     assert_eq!(ok(&out), "");
     assert!(String::from_utf8_lossy(&out.stderr).contains("no cloud-to-device message"));
 }
+
+#[tokio::test]
+async fn an_https_device_call_is_recorded_as_activity() {
+    let hub = TestHub::start();
+    let key = create_device(&hub, "busy").await;
+    let s = service(&hub);
+    let before = s.get_device("busy").await.unwrap().last_activity_time;
+    let res =
+        call(&hub, Method::GET, "/devices/busy/messages/devicebound", &device_token("busy", &key), &[]).await;
+    assert_eq!(res.status().as_u16(), 204);
+    // Written in the background (best effort): polled, with a deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = s.get_device("busy").await.unwrap().last_activity_time;
+        if now != before {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "lastActivityTime never moved from {before}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A refused call is no activity of the device's.
+    create_device(&hub, "idle").await;
+    let idle_before = s.get_device("idle").await.unwrap().last_activity_time;
+    let res =
+        call(&hub, Method::GET, "/devices/idle/messages/devicebound", &device_token("busy", &key), &[]).await;
+    assert_eq!(res.status().as_u16(), 401);
+    assert_eq!(s.get_device("idle").await.unwrap().last_activity_time, idle_before);
+}

@@ -14,6 +14,7 @@
 //! committed twin change on a [`registry::ChangeFeed`] that the engine
 //! reads; the engine writes through the registry; rollouts use both.
 
+pub mod activity;
 pub mod auth;
 pub mod bulk;
 pub mod c2d;
@@ -61,6 +62,8 @@ pub struct Hub {
     pub registry: registry::Registry,
     /// Live connections of this node.
     pub presence: Arc<presence::Presence>,
+    /// `lastActivityTime`, flushed at most once a minute per device.
+    pub activity: Arc<activity::Activity>,
     /// SAS verification.
     pub auth: auth::Authorizer,
     /// Persistent sessions and the connect/disconnect bookkeeping.
@@ -98,8 +101,17 @@ impl Hub {
         )
         .await?;
         let c2d = c2d::CloudToDevice::open(config.store.clone(), presence.clone()).await?;
+        let activity = Arc::new(activity::Activity::new(registry.clone()));
+        let sessions = sessions::Sessions::new(
+            config.store,
+            registry.clone(),
+            presence.clone(),
+            c2d.clone(),
+            activity.clone(),
+        );
         Ok(Arc::new(Self {
-            sessions: sessions::Sessions::new(config.store, registry.clone(), presence.clone(), c2d.clone()),
+            sessions,
+            activity,
             c2d,
             registry,
             presence,

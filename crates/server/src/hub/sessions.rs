@@ -17,6 +17,7 @@ use ferrohub_mqtt::topic::{Subscription, SubscriptionSet};
 use ferrohub_store::Store;
 use tokio::sync::{mpsc, Notify};
 
+use super::activity::Activity;
 use super::c2d::{CloudToDevice, Locked};
 use super::presence::{Outbound, Presence};
 use super::registry::Registry;
@@ -32,6 +33,7 @@ pub struct Sessions {
     registry: Registry,
     presence: Arc<Presence>,
     c2d: Arc<CloudToDevice>,
+    activity: Arc<Activity>,
 }
 
 /// A live device connection. Dropping it ends the connection's presence.
@@ -62,8 +64,9 @@ impl Sessions {
         registry: Registry,
         presence: Arc<Presence>,
         c2d: Arc<CloudToDevice>,
+        activity: Arc<Activity>,
     ) -> Self {
-        Self { store, registry, presence, c2d }
+        Self { store, registry, presence, c2d, activity }
     }
 
     /// A device connected: a `persistent` connection (MQTT clean session 0)
@@ -104,6 +107,8 @@ impl Sessions {
             c2d: self.c2d.clone(),
         };
         self.registry.set_connection_state(device_id, true).await?;
+        // That write carried `lastActivityTime`.
+        self.activity.stored(device_id);
         Ok(connection)
     }
 }
@@ -244,7 +249,8 @@ mod tests {
         let (registry, _changes) = Registry::new(store.clone(), presence.clone());
         let c2d = CloudToDevice::open(store.clone(), presence.clone()).await.unwrap();
         registry.create_device("d", DeviceRequest::default(), None).await.unwrap();
-        let sessions = Sessions::new(store, registry.clone(), presence.clone(), c2d);
+        let activity = Arc::new(Activity::new(registry.clone()));
+        let sessions = Sessions::new(store, registry.clone(), presence.clone(), c2d, activity);
         Fixture { sessions, registry, presence, _dir: dir }
     }
 

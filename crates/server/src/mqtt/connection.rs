@@ -33,8 +33,6 @@ use crate::hub::Hub;
 
 /// How long a client may take to send CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often `lastActivityTime` is flushed while a device is busy.
-const ACTIVITY_FLUSH: Duration = Duration::from_secs(60);
 /// How long one write may wait for the device to read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long closing may wait for the device to take the close.
@@ -162,7 +160,6 @@ struct Link {
     conn: DeviceConnection,
     session: Session,
     rx: mpsc::Receiver<Outbound>,
-    last_flush: Instant,
 }
 
 impl Link {
@@ -193,7 +190,7 @@ impl Link {
         let now = Instant::now();
         let (session, first) = Session::accept(accepted, now);
         tracing::info!(device_id = session.device_id(), session_present, "device connected");
-        Ok((Self { state, transport, buf, conn, session, rx, last_flush: now }, first))
+        Ok((Self { state, transport, buf, conn, session, rx }, first))
     }
 
     /// Writes a packet. A write the device does not take within
@@ -242,7 +239,7 @@ impl Link {
                     if let Err(end) = self.drain_packets().await {
                         return end;
                     }
-                    self.flush_activity();
+                    self.state.activity.seen(self.session.device_id());
                     continue;
                 }
                 Some(out) = self.rx.recv() => match out {
@@ -345,19 +342,6 @@ impl Link {
                 None
             }
         })
-    }
-
-    /// Best-effort `lastActivityTime`, at most once a minute while busy.
-    fn flush_activity(&mut self) {
-        if self.last_flush.elapsed() < ACTIVITY_FLUSH {
-            return;
-        }
-        self.last_flush = Instant::now();
-        let registry = self.state.registry.clone();
-        let device_id = self.session.device_id().to_owned();
-        tokio::spawn(async move {
-            let _ = registry.touch_activity(&device_id, clock::now()).await;
-        });
     }
 }
 

@@ -22,10 +22,13 @@ use ferrohub_core::HubError;
 use super::error::{ApiError, ApiResult};
 use crate::hub::Hub;
 
-/// Checks that the request's token acts for `device_id`.
+/// Checks that the request's token acts for `device_id`, and notes the
+/// device's activity.
 async fn authenticate(hub: &Hub, headers: &HeaderMap, device_id: &str) -> ApiResult<()> {
     let token = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
     hub.authenticate_device(token, Some(device_id)).await?;
+    // Every authenticated device call is activity, as an MQTT packet is.
+    hub.activity.seen(device_id);
     Ok(())
 }
 
