@@ -28,6 +28,7 @@
 
 pub mod bag;
 mod body;
+pub mod device;
 pub mod frame;
 mod fuzz;
 mod pct;

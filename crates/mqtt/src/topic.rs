@@ -17,7 +17,7 @@ use rumqttc::mqttbytes::v4::SubscribeReasonCode;
 use rumqttc::mqttbytes::QoS;
 
 use crate::bag::PropertyBag;
-use crate::pct::{decode_lossy, names_device};
+use crate::pct::{decode_lossy, names_device, quote};
 
 /// What a device's PUBLISH is, by its topic. Borrows from the topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +64,28 @@ pub enum Subscription {
 impl Subscription {
     /// All four, in a stable order.
     pub const ALL: [Subscription; 4] = [Self::C2d, Self::TwinResponses, Self::DesiredPatches, Self::Methods];
+
+    /// The filter a device subscribes with ([`parse_filter`] is the
+    /// inverse). The id is percent-encoded, so ids holding `+`, `#` or `/`
+    /// still make a valid filter; the hub accepts it raw or encoded.
+    pub fn filter(self, device_id: &str) -> String {
+        match self {
+            Self::C2d => format!("devices/{}{C2D_FILTER_SUFFIX}", quote(device_id)),
+            Self::TwinResponses => TWIN_RESPONSES.to_owned(),
+            Self::DesiredPatches => DESIRED_PATCHES.to_owned(),
+            Self::Methods => METHOD_REQUESTS.to_owned(),
+        }
+    }
 }
+
+/// The filter for twin responses.
+pub const TWIN_RESPONSES: &str = "$iothub/twin/res/#";
+/// The filter for desired-property notifications.
+pub const DESIRED_PATCHES: &str = "$iothub/twin/PATCH/properties/desired/#";
+/// The filter for direct-method requests.
+pub const METHOD_REQUESTS: &str = "$iothub/methods/POST/#";
+/// What follows the device segment in the C2D filter.
+const C2D_FILTER_SUFFIX: &str = "/messages/devicebound/#";
 
 /// A set of [`Subscription`]s in one byte, e.g. for a session record.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -204,14 +225,14 @@ fn rid(query: &str) -> Result<&str, TopicError> {
 /// IoT Hub allows a device are accepted; no other wildcard use.
 pub fn parse_filter(filter: &str, device_id: &str) -> Result<Subscription, TopicError> {
     match filter {
-        "$iothub/twin/res/#" => return Ok(Subscription::TwinResponses),
-        "$iothub/twin/PATCH/properties/desired/#" => return Ok(Subscription::DesiredPatches),
-        "$iothub/methods/POST/#" => return Ok(Subscription::Methods),
+        TWIN_RESPONSES => return Ok(Subscription::TwinResponses),
+        DESIRED_PATCHES => return Ok(Subscription::DesiredPatches),
+        METHOD_REQUESTS => return Ok(Subscription::Methods),
         _ => {}
     }
     let segment = filter
         .strip_prefix("devices/")
-        .and_then(|rest| rest.strip_suffix("/messages/devicebound/#"))
+        .and_then(|rest| rest.strip_suffix(C2D_FILTER_SUFFIX))
         .filter(|segment| !segment.contains(['/', '+', '#']))
         .ok_or(TopicError::NotAllowed)?;
     if names_device(segment, device_id) {

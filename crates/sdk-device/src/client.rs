@@ -20,7 +20,8 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::driver::{self, Config};
 use crate::message::MAX_MESSAGE_SIZE;
-use crate::{topic, C2dMessage, DesiredUpdate, DeviceOptions, Error, Message, Result};
+use crate::{C2dMessage, DesiredUpdate, DeviceOptions, Error, Message, Result};
+use ferrohub_mqtt::device as topic;
 
 /// A device's twin as the device sees it: its desired and reported
 /// properties, each with its `$version`.

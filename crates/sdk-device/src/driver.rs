@@ -24,10 +24,11 @@ use tokio::time::{sleep, sleep_until, Instant};
 
 use crate::client::{complete, fail, parse_twin, AckToken, ConnectionStatus, Outcome, Shared, State};
 use crate::options::Transport;
-use crate::topic::{self, Inbound};
 use crate::{
     tls_config, Backoff, C2dMessage, DesiredTracker, DesiredUpdate, DeviceOptions, Error, MethodRequest,
 };
+use ferrohub_mqtt::device::{self as topic, HubPublish as Inbound};
+use ferrohub_mqtt::topic::{Subscription, DESIRED_PATCHES, METHOD_REQUESTS, TWIN_RESPONSES};
 
 /// The `api-version` in the MQTT username (the one the Node and .NET SDKs
 /// send).
@@ -202,15 +203,15 @@ impl Config {
 
     fn filters(&self) -> Vec<SubscribeFilter> {
         // Desired first: the sync GET goes out after this SUBSCRIBE.
-        let mut filters = vec![SubscribeFilter::new(topic::TWIN_RESPONSES.into(), QoS::AtMostOnce)];
+        let mut filters = vec![SubscribeFilter::new(TWIN_RESPONSES.into(), QoS::AtMostOnce)];
         if self.desired {
-            filters.push(SubscribeFilter::new(topic::DESIRED_PATCHES.into(), QoS::AtMostOnce));
+            filters.push(SubscribeFilter::new(DESIRED_PATCHES.into(), QoS::AtMostOnce));
         }
         if self.methods {
-            filters.push(SubscribeFilter::new(topic::METHOD_REQUESTS.into(), QoS::AtMostOnce));
+            filters.push(SubscribeFilter::new(METHOD_REQUESTS.into(), QoS::AtMostOnce));
         }
         if self.c2d {
-            filters.push(SubscribeFilter::new(topic::c2d_filter(&self.device_id), QoS::AtLeastOnce));
+            filters.push(SubscribeFilter::new(Subscription::C2d.filter(&self.device_id), QoS::AtLeastOnce));
         }
         filters
     }

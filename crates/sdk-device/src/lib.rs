@@ -72,7 +72,6 @@ mod error;
 mod message;
 mod options;
 mod tls;
-mod topic;
 
 pub use backoff::Backoff;
 pub use client::{

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::topic;
+use ferrohub_mqtt::device as topic;
 
 /// IoT Hub's limit on a device-to-cloud message: body plus properties.
 pub const MAX_MESSAGE_SIZE: usize = 256 * 1024;
