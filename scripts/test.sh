@@ -225,10 +225,19 @@ allow_low_ports() {
   return 1
 }
 
+# start_hub [DIR]: a new hub on a fresh data dir, or again on DIR (a restart).
 start_hub() {
   [[ -x "$BIN" ]] || { log "no ferrohub binary at $BIN (the build failed)" >&2; return 1; }
   allow_low_ports || return 1
-  HUB_DATA="$(mktemp -d)"
+  HUB_DATA="${1:-$(mktemp -d)}"
+  # A restart starts new logs (the ready line is looked for in them); the
+  # earlier run's are kept beside them.
+  if [[ -s "$HUB_OUT" ]]; then
+    cat "$HUB_OUT" >>"$HUB_OUT.before-restart"
+    cat "$HUB_ERR" >>"$HUB_ERR.before-restart"
+  fi
+  : >"$HUB_OUT"
+  : >"$HUB_ERR"
   # The configuration engine's periodic full pass is set to an hour: the
   # suites' configuration tests must pass on event-driven evaluation alone.
   log "starting: ferrohub serve --data-dir $HUB_DATA --https-port $HTTPS_PORT --mqtt-port $MQTT_PORT --config-eval-interval 3600"
@@ -350,6 +359,46 @@ node_suite() {
   return "$rc"
 }
 
+# The one Node test that needs the hub restarted under connected devices
+# (compat/node/restart/): it creates FERROHUB_RESTART_REQUEST when its
+# devices are ready; the hub is then stopped with SIGTERM (it must exit 0)
+# and started again on the same data dir, and FERROHUB_RESTART_DONE tells
+# the test to go on. Runs in this shell, not through `step`'s subshell, so
+# that the restarted hub is this shell's child (stop_hub waits for it).
+node_restart_suite() {
+  local summary="$WORK/node-restart-summary" request="$WORK/restart-request" done_file="$WORK/restart-done"
+  local node_pid rc deadline
+  rm -f "$summary" "$request" "$done_file"
+  (cd "$NODE_DIR" && FERROHUB_RESTART_REQUEST="$request" FERROHUB_RESTART_DONE="$done_file" \
+    exec timeout --kill-after=10 "$SUITE_TIMEOUT" node --test \
+    --test-reporter=spec --test-reporter-destination=stdout \
+    --test-reporter=./summary-reporter.mjs --test-reporter-destination="$summary" \
+    restart/) &
+  node_pid=$!
+  deadline=$((SECONDS + 120))
+  while [[ ! -e "$request" ]] && kill -0 "$node_pid" 2>/dev/null && ((SECONDS < deadline)); do
+    sleep 0.1
+  done
+  rc=0
+  if [[ -e "$request" ]]; then
+    log "restarting the hub on $HUB_DATA, as the test asked"
+    if stop_hub && start_hub "$HUB_DATA"; then
+      touch "$done_file"
+    else
+      log "the hub restart failed" >&2
+      rc=1
+    fi
+  fi
+  wait "$node_pid" || rc=$?
+  if [[ -s "$summary" ]]; then
+    cat "$summary"
+  else
+    log "0 passed, 1 failed"
+  fi
+  ((rc == 0)) || show_hub_log
+  return "$rc"
+}
+
 python_suite() {
   local rc
   cd "$PY_DIR"
@@ -392,6 +441,11 @@ start=$SECONDS
 if start_hub; then
   record "ferrohub serve on :$HTTPS_PORT/:$MQTT_PORT is ready" 0 $((SECONDS - start))
   step "Node SDK compatibility (azure-iothub, azure-iot-device)" node_suite
+  section "Node SDK persistent sessions across a hub restart"
+  start=$SECONDS
+  restart_rc=0
+  node_restart_suite || restart_rc=$?
+  record "Node SDK persistent sessions across a hub restart" "$restart_rc" $((SECONDS - start))
   step "Python SDK compatibility (azure-iot-hub, azure-iot-device)" python_suite
   section "stop ferrohub serve with SIGTERM"
   start=$SECONDS

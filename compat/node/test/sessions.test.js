@@ -11,10 +11,10 @@
 // The Node SDK hands every patch it receives to 'properties.desired'
 // listeners as it came (no de-duplication), so this sees what the hub pushed.
 //
-// A hub restart is not covered here: these suites share one hub started
-// outside the tests (scripts/test.sh) that they cannot restart. The Rust
-// test crates/ferrohub/tests/sessions.rs covers it, with the same four
-// interruptions over both transports.
+// A hub restart is compat/node/restart/sessions_restart.test.js: these
+// suites share one hub that only scripts/test.sh can restart, so that file
+// runs in a step of its own. The Rust test crates/ferrohub/tests/sessions.rs
+// covers the same four interruptions over both transports.
 //
 // Nothing sleeps: every step awaits an SDK callback or event under a
 // deadline that fails the test.
@@ -28,6 +28,7 @@ const { Client: DeviceClient } = require('azure-iot-device');
 const { Mqtt, MqttWs } = require('azure-iot-device-mqtt');
 const { Registry } = require('azure-iothub');
 const { describeError, withTimeout } = require('../lib/wait');
+const { nextEvent, NeverRetry, DesiredLog } = require('../lib/sessions');
 
 const hubConnectionString = process.env.IOTHUB_CONNECTION_STRING;
 const runId = `${Date.now().toString(36)}-${crypto.randomBytes(4).toString('hex')}`;
@@ -48,44 +49,6 @@ async function ok(promise, label) {
     return await withTimeout(promise, label, STEP_MS);
   } catch (err) {
     throw new Error(`${label} failed: ${describeError(err)}`);
-  }
-}
-
-// Resolves with the arguments of the next `name` event of `emitter`.
-function nextEvent(emitter, name) {
-  return new Promise((resolve) => emitter.once(name, (...args) => resolve(args)));
-}
-
-// A retry policy that never retries: a device that was taken over must not
-// reconnect by itself, or it would take the connection back.
-class NeverRetry {
-  shouldRetry() { return false; }
-
-  nextRetryTimeout() { return 0; }
-}
-
-// Every desired patch the hub pushed to one twin, in order (copies: the SDK
-// merges into its own objects), with a way to await the next one.
-class DesiredLog {
-  constructor(twin) {
-    this.patches = [];
-    this.waiters = [];
-    twin.on('properties.desired', (patch) => {
-      // Adding a listener makes the SDK replay its cached desired document
-      // (the twin's own object) at once: that is no push from the hub.
-      if (patch === twin.properties.desired) return;
-      this.patches.push(JSON.parse(JSON.stringify(patch)));
-      const waiter = this.waiters.shift();
-      if (waiter) waiter();
-    });
-  }
-
-  // The patch at position `index` (0-based), once it has arrived.
-  async at(index, label) {
-    while (this.patches.length <= index) {
-      await withTimeout(new Promise((resolve) => this.waiters.push(resolve)), label, STEP_MS);
-    }
-    return this.patches[index];
   }
 }
 
@@ -115,7 +78,7 @@ for (const [transportName, Transport] of [['Mqtt', Mqtt], ['MqttWs', MqttWs]]) {
       assert.equal(typeof (connack && connack.sessionPresent), 'boolean',
         `no CONNACK in the result of open(): ${JSON.stringify(opened)}`);
       const twin = await ok(client.getTwin(), 'getTwin');
-      const log = new DesiredLog(twin);
+      const log = new DesiredLog(twin, STEP_MS);
       // The first listener subscribes in the background; this waits for its SUBACK.
       await ok(promisify(twin.enableTwinDesiredPropertiesUpdates.bind(twin))(), 'desired subscription');
       return { client, twin, log, sessionPresent: connack.sessionPresent };
