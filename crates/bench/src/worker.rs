@@ -80,6 +80,8 @@ impl Tally {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The load generator's tallies: a panicking device task leaves at worst
+    // one count short, which the run's totals would show anyway.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
