@@ -61,6 +61,10 @@ pub enum StoreError {
     /// The device's cloud-to-device queue is at its limit.
     #[error("cloud-to-device queue full")]
     QueueFull,
+    /// The disk holding the store is full: nothing was written, and the same
+    /// write may succeed once space returns.
+    #[error("no space left for the store")]
+    Full,
     /// The backend failed (IO, corruption, a bug).
     #[error("store backend error: {0}")]
     Backend(String),

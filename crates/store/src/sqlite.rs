@@ -120,7 +120,17 @@ fn write_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
     }
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
+/// A backend failure, told apart from a full disk: SQLite reports a write
+/// that found no space (`ENOSPC` on the database or its WAL) as
+/// `SQLITE_FULL`, and the hub answers that one "try again later" rather
+/// than as an internal error.
+fn backend<E: std::fmt::Display + 'static>(e: E) -> StoreError {
+    let any: &dyn std::any::Any = &e;
+    if let Some(rusqlite::Error::SqliteFailure(f, _)) = any.downcast_ref::<rusqlite::Error>() {
+        if f.code == rusqlite::ErrorCode::DiskFull {
+            return StoreError::Full;
+        }
+    }
     StoreError::Backend(e.to_string())
 }
 
@@ -144,6 +154,18 @@ fn tune_reads(conn: &Connection) -> StoreResult<()> {
 }
 
 impl SqliteStore {
+    /// Runs SQLite's full integrity check on the database at `path` through
+    /// a read-only connection (safe beside a running hub) and returns what
+    /// it found wrong; empty means the file is sound.
+    pub fn check_integrity(path: &Path) -> StoreResult<Vec<String>> {
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
+        let mut stmt = conn.prepare("PRAGMA integrity_check").map_err(backend)?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(backend)?;
+        let found = rows.collect::<Result<Vec<_>, _>>().map_err(backend)?;
+        Ok(found.into_iter().filter(|line| line != "ok").collect())
+    }
+
     /// Opens (creating if needed) the database file and brings its schema up
     /// to date.
     pub fn open(path: &Path) -> StoreResult<Self> {
@@ -735,6 +757,19 @@ mod tests {
     use ferrohub_core::identity::{DeviceRequest, DeviceStatus, Minted};
     use ferrohub_core::time::Timestamp;
     use ferrohub_core::twin::TwinState;
+
+    #[test]
+    fn a_write_that_finds_no_space_is_full_not_a_backend_failure() {
+        let conn = Connection::open_in_memory().unwrap();
+        // A page ceiling makes SQLite answer SQLITE_FULL exactly as it does
+        // when the file system has no room left.
+        conn.execute_batch("CREATE TABLE t (b BLOB); PRAGMA max_page_count = 8;").unwrap();
+        let err = (0..64)
+            .find_map(|_| conn.execute("INSERT INTO t VALUES (zeroblob(4096))", []).err())
+            .expect("the page ceiling stops the inserts");
+        assert!(matches!(backend(err), StoreError::Full));
+        assert!(matches!(backend("the store writer has stopped"), StoreError::Backend(_)));
+    }
 
     pub(super) fn record(id: &str) -> DeviceRecord {
         let now = Timestamp::from_unix_nanos(1_700_000_000_000_000_000);

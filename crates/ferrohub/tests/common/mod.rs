@@ -63,8 +63,14 @@ impl TestHub {
 
     /// Starts a hub with extra `serve` arguments (e.g. `--hostname`).
     pub fn start_with(extra_args: &[&str]) -> Self {
+        Self::start_in(None, extra_args)
+    }
+
+    /// Starts a hub whose data dir is `data_dir` (default: a fresh one in
+    /// the test's temporary directory, which also holds the log).
+    pub fn start_in(data_dir: Option<PathBuf>, extra_args: &[&str]) -> Self {
         let root = tempfile::Builder::new().prefix("ferrohub-test-").tempdir().unwrap();
-        let data_dir = root.path().join("data");
+        let data_dir = data_dir.unwrap_or_else(|| root.path().join("data"));
         let mut hub = Self {
             root,
             data_dir,

@@ -45,6 +45,13 @@ pub(crate) fn store_error(e: StoreError, about: Entity<'_>) -> HubError {
             ErrorCode::DeviceMaximumQueueDepthExceeded,
             format!("The cloud-to-device queue of device {} is full", id_of(about)),
         ),
+        (StoreError::Full, _) => {
+            tracing::error!("store: the disk is full; writes are refused until space returns");
+            HubError::new(
+                ErrorCode::ServiceUnavailable,
+                "The hub's storage is full; the operation was not made. Retry once space is freed",
+            )
+        }
         (StoreError::Backend(detail), _) => {
             tracing::error!(%detail, "store failure");
             HubError::internal("The hub could not complete the operation")
@@ -74,5 +81,8 @@ mod tests {
         let b = store_error(StoreError::Backend("disk on fire".into()), Entity::Hub);
         assert_eq!(b.code.http_status(), 500);
         assert!(!b.message.contains("disk"), "no internal detail reaches a client");
+        // A full disk is worth a retry, so it is not an internal error.
+        let f = store_error(StoreError::Full, Entity::Device("d1"));
+        assert_eq!((f.code, f.code.http_status()), (ErrorCode::ServiceUnavailable, 503));
     }
 }
