@@ -48,7 +48,10 @@ impl BenchHub {
         temporary: bool,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(data_dir)?;
+        // Owner-only, as the hub creates its data dirs: it refuses one that
+        // other users can open.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(data_dir)?;
         let log = std::fs::File::create(data_dir.join("bench-hub.log"))?;
         let started = Instant::now();
         let mut child = Command::new(bin)

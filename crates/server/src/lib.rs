@@ -52,6 +52,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     // The database holds device keys: create it owner-only before SQLite
     // does (SQLite gives its WAL files the main file's mode).
     fsutil::touch_private(&dir.join(DB_FILE))?;
+    fsutil::check_private(dir)?;
     let store =
         SqliteStore::open(&dir.join(DB_FILE)).map_err(|e| anyhow::anyhow!("opening the store: {e}"))?;
     let policies = policies::load_or_create(dir)?;

@@ -19,11 +19,11 @@ use crate::fsutil::{write_private, write_public};
 
 /// Files the hub keeps in its data dir.
 pub const CA_FILE: &str = "ca.pem";
-const CA_KEY_FILE: &str = "ca-key.pem";
+pub(crate) const CA_KEY_FILE: &str = "ca-key.pem";
 /// The system roots plus the hub's CA (Python's requests wants one bundle).
 pub const CA_BUNDLE_FILE: &str = "ca-bundle.pem";
 const SERVER_CERT_FILE: &str = "server.pem";
-const SERVER_KEY_FILE: &str = "server-key.pem";
+pub(crate) const SERVER_KEY_FILE: &str = "server-key.pem";
 const SERVER_NAMES_FILE: &str = "server-names.json";
 
 /// The certificate and key the listeners serve.

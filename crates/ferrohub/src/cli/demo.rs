@@ -64,7 +64,9 @@ impl Drop for DemoHub {
 /// Starts `ferrohub serve` on free ports; returns it with its ports once it
 /// printed its ready line.
 async fn start_hub(dir: &Path, keep: bool) -> anyhow::Result<(DemoHub, u16, u16)> {
-    std::fs::create_dir_all(dir)?;
+    // Owner-only, as the hub creates its data dirs: it refuses one that
+    // other users can open.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700).create(dir)?;
     let log = std::fs::File::create(dir.join("demo-hub.log"))?;
     let exe = std::env::current_exe().context("finding the ferrohub binary")?;
     let mut child = tokio::process::Command::new(exe)

@@ -47,6 +47,8 @@ pub struct TestHub {
     root: tempfile::TempDir,
     data_dir: PathBuf,
     extra_args: Vec<String>,
+    /// Environment variables set for the hub (e.g. `RUST_LOG`).
+    envs: Vec<(String, String)>,
     child: Option<Child>,
     https_port: u16,
     mqtt_port: u16,
@@ -69,12 +71,22 @@ impl TestHub {
     /// Starts a hub whose data dir is `data_dir` (default: a fresh one in
     /// the test's temporary directory, which also holds the log).
     pub fn start_in(data_dir: Option<PathBuf>, extra_args: &[&str]) -> Self {
+        Self::start_full(data_dir, &[], extra_args)
+    }
+
+    /// Starts a hub with environment variables set for it.
+    pub fn start_with_env(envs: &[(&str, &str)], extra_args: &[&str]) -> Self {
+        Self::start_full(None, envs, extra_args)
+    }
+
+    fn start_full(data_dir: Option<PathBuf>, envs: &[(&str, &str)], extra_args: &[&str]) -> Self {
         let root = tempfile::Builder::new().prefix("ferrohub-test-").tempdir().unwrap();
         let data_dir = data_dir.unwrap_or_else(|| root.path().join("data"));
         let mut hub = Self {
             root,
             data_dir,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             child: None,
             https_port: 0,
             mqtt_port: 0,
@@ -94,6 +106,7 @@ impl TestHub {
             .arg(&self.data_dir)
             .args(["--https-port", "0", "--mqtt-port", "0"])
             .args(&self.extra_args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
