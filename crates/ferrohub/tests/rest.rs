@@ -305,7 +305,10 @@ async fn a_malformed_chunked_body_is_400_and_only_a_long_one_is_413() {
         tls.flush().unwrap();
         let answer = read_head(&mut tls);
         assert!(answer.starts_with("HTTP/1.1 400"), "{body:?}: {answer}");
-        assert!(answer.to_ascii_lowercase().contains("iothub-errorcode: argumentinvalid"), "{body:?}: {answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("iothub-errorcode: argumentinvalid"),
+            "{body:?}: {answer}"
+        );
     }
     // A well-formed chunked body still works, and a long one is still 413.
     let mut tls = tls_to(&hub);

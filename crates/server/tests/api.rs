@@ -509,6 +509,17 @@ async fn iot_hub_routes_need_a_known_api_version_and_ferrohub_routes_do_not() {
     // The version is checked after the caller: anonymous is 401 either way.
     let r = api.send(Request::get("/devices").body(Body::empty()).unwrap()).await;
     assert_azure_error(&r, 401, "IotHubUnauthorizedAccess");
+    // The device HTTPS routes are IoT Hub's too.
+    let created = api.call("PUT", "/devices/dv", None, Some(json!({}))).await;
+    let key = created.body["authentication"]["symmetricKey"]["primaryKey"].as_str().unwrap().to_owned();
+    let device = generate_token("localhost/devices/dv", &key, None, 4_000_000_000).unwrap();
+    let post = |uri: &str| {
+        Request::post(uri).header("authorization", device.clone()).body(Body::from("hi")).unwrap()
+    };
+    let r = api.send(post("/devices/dv/messages/events")).await;
+    assert_azure_error(&r, 400, "InvalidProtocolVersion");
+    let r = api.send(post("/devices/dv/messages/events?api-version=2021-04-12")).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{:?}", r.body);
 }
 
 #[tokio::test]
@@ -519,7 +530,8 @@ async fn a_policy_token_scoped_to_a_device_reaches_only_that_device() {
     }
     let owner = api.policies.iter().find(|p| p.key_name == "iothubowner").unwrap();
     let scoped =
-        generate_token("localhost/devices/d1", &owner.primary_key, Some("iothubowner"), 4_000_000_000).unwrap();
+        generate_token("localhost/devices/d1", &owner.primary_key, Some("iothubowner"), 4_000_000_000)
+            .unwrap();
     let call = |method: &str, path: &str, body: Option<Value>| {
         let b = Request::builder()
             .method(method)
@@ -566,7 +578,8 @@ async fn a_policy_token_scoped_to_a_device_reaches_only_that_device() {
     // scoped to d1 still cannot write it.
     let read = api.policies.iter().find(|p| p.key_name == "registryRead").unwrap();
     let scoped_read =
-        generate_token("localhost/devices/d1", &read.primary_key, Some("registryRead"), 4_000_000_000).unwrap();
+        generate_token("localhost/devices/d1", &read.primary_key, Some("registryRead"), 4_000_000_000)
+            .unwrap();
     let r = api
         .send(
             Request::delete("/devices/d1?api-version=2021-04-12")
