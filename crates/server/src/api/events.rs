@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Query;
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -40,7 +40,6 @@ fn frame(out: &mut Vec<u8>, event: &TelemetryEvent) {
 
 pub(super) async fn stream(
     Own { hub: state, .. }: Own<ServiceConnect>,
-    _headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let device = query.get("deviceId").cloned().filter(|d| !d.is_empty());
