@@ -17,6 +17,8 @@ pub enum ErrorCode {
     ArgumentInvalid,
     /// A required argument is missing.
     ArgumentNull,
+    /// The request's `api-version` is missing or not one the hub serves.
+    InvalidProtocolVersion,
     /// The body is not valid JSON or has the wrong shape.
     IotHubFormatError,
     /// The operation is not allowed in the current state.
@@ -81,6 +83,7 @@ impl ErrorCode {
         match self {
             Self::ArgumentInvalid => "ArgumentInvalid",
             Self::ArgumentNull => "ArgumentNull",
+            Self::InvalidProtocolVersion => "InvalidProtocolVersion",
             Self::IotHubFormatError => "IotHubFormatError",
             Self::InvalidOperation => "InvalidOperation",
             Self::DeviceDefinedMultipleTimes => "DeviceDefinedMultipleTimes",
@@ -116,6 +119,7 @@ impl ErrorCode {
         match self {
             Self::ArgumentInvalid
             | Self::ArgumentNull
+            | Self::InvalidProtocolVersion
             | Self::IotHubFormatError
             | Self::InvalidOperation
             | Self::DeviceDefinedMultipleTimes
@@ -150,6 +154,7 @@ impl ErrorCode {
         match self {
             Self::ArgumentInvalid => 400004,
             Self::ArgumentNull => 400005,
+            Self::InvalidProtocolVersion => 400001,
             Self::IotHubFormatError => 400006,
             Self::InvalidOperation => 400003,
             Self::DeviceDefinedMultipleTimes => 400011,
@@ -259,6 +264,7 @@ mod tests {
         let all = [
             ErrorCode::ArgumentInvalid,
             ErrorCode::ArgumentNull,
+            ErrorCode::InvalidProtocolVersion,
             ErrorCode::IotHubFormatError,
             ErrorCode::InvalidOperation,
             ErrorCode::DeviceDefinedMultipleTimes,

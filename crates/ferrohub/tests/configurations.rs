@@ -24,6 +24,7 @@ async fn call(
 ) -> (u16, reqwest::header::HeaderMap, Value) {
     let mut req = http(hub)
         .request(method, format!("https://localhost:{}{path}", hub.https_port()))
+        .query(&[("api-version", "2021-04-12")])
         .header("authorization", owner_token(hub));
     for (k, v) in headers {
         req = req.header(*k, *v);

@@ -18,8 +18,16 @@ use serde_json::Value;
 /// How long one awaited step may take.
 const STEP: Duration = Duration::from_secs(20);
 
+/// The URL of `path`, with IoT Hub's `api-version` unless it names one.
 fn url(hub: &TestHub, path: &str) -> String {
-    format!("https://localhost:{}{path}", hub.https_port())
+    let version = if path.contains("api-version") {
+        ""
+    } else if path.contains('?') {
+        "&api-version=2021-04-12"
+    } else {
+        "?api-version=2021-04-12"
+    };
+    format!("https://localhost:{}{path}{version}", hub.https_port())
 }
 
 fn device_token(id: &str, key: &str) -> String {

@@ -126,7 +126,10 @@ async fn every_feature(websocket: bool) {
     assert_eq!(msg.to.as_deref(), Some(format!("/devices/{id}/messages/deviceBound").as_str()));
     // A second message, queued after the first was taken, arrives too.
     let res = http(&hub)
-        .post(format!("https://localhost:{}/devices/{id}/messages/deviceBound", hub.https_port()))
+        .post(format!(
+            "https://localhost:{}/devices/{id}/messages/deviceBound?api-version=2021-04-12",
+            hub.https_port()
+        ))
         .header("authorization", owner_token(&hub))
         .body("again")
         .send()
@@ -234,7 +237,10 @@ async fn queued_c2d_reaches_a_device_after_a_hub_restart() {
     let client = connect(&hub, "rs", &key, false).await;
     client.close().await;
     let res = http(&hub)
-        .post(format!("https://localhost:{}/devices/rs/messages/deviceBound", hub.https_port()))
+        .post(format!(
+            "https://localhost:{}/devices/rs/messages/deviceBound?api-version=2021-04-12",
+            hub.https_port()
+        ))
         .header("authorization", owner_token(&hub))
         .body("kept")
         .send()

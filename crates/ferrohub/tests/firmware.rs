@@ -154,7 +154,7 @@ async fn images_are_signed_and_downloads_resume_for_devices_only() {
     // Deleting is refused while a configuration names the image.
     let config = json!({"id":"fw","content":{"deviceContent":{"properties.desired.firmware":{"fwVersion":"2.8.5","fwPackageURI":format!("https://localhost{path}"),"fwPackageCheckValue":sha}}},"targetCondition":"tags.devicetype = 'chiller'","priority":1});
     let res = c
-        .put(url(&hub, "/configurations/fw"))
+        .put(url(&hub, "/configurations/fw?api-version=2021-04-12"))
         .header("authorization", &owner)
         .header("content-type", "application/json")
         .body(config.to_string())
@@ -170,7 +170,12 @@ async fn images_are_signed_and_downloads_resume_for_devices_only() {
         .unwrap();
     assert_eq!(res.status().as_u16(), 400);
     assert_eq!(res.headers()["iothub-errorcode"], "InvalidOperation");
-    let res = c.delete(url(&hub, "/configurations/fw")).header("authorization", &owner).send().await.unwrap();
+    let res = c
+        .delete(url(&hub, "/configurations/fw?api-version=2021-04-12"))
+        .header("authorization", &owner)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status().as_u16(), 204);
     let res = c
         .delete(url(&hub, &format!("/firmware-images/{sha}")))

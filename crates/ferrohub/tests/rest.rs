@@ -55,7 +55,7 @@ impl Raw {
         headers: &[(&str, &str)],
         body: Option<reqwest::Body>,
     ) -> (StatusCode, Option<String>, String) {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        let mut req = self.http.request(method, format!("{}{}", self.base, versioned(path)));
         if let Some(a) = auth {
             req = req.header("authorization", a);
         }
@@ -69,6 +69,16 @@ impl Raw {
         let status = res.status();
         let code = res.headers().get("iothub-errorcode").map(|v| v.to_str().unwrap().to_owned());
         (status, code, res.text().await.unwrap())
+    }
+}
+
+/// `path` with IoT Hub's `api-version`, unless it names one already.
+fn versioned(path: &str) -> String {
+    if path.contains("api-version") {
+        path.to_owned()
+    } else {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        format!("{path}{sep}api-version=2021-04-12")
     }
 }
 
@@ -164,21 +174,7 @@ async fn bad_inputs_over_https_get_azure_errors_and_the_hub_keeps_serving() {
 /// and returns the response head. The hub answers an oversized request
 /// without reading its body, so writes may fail: that is the point.
 fn raw_exchange(hub: &TestHub, head: String, body_bytes: usize, chunked: bool) -> String {
-    let ca = std::fs::read(hub.ca_file()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
-    let sock = std::net::TcpStream::connect(("127.0.0.1", hub.https_port())).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let mut tls = tls_to(hub);
     tls.write_all(head.as_bytes()).unwrap();
     let chunk = vec![b' '; 16 * 1024];
     let mut sent = 0;
@@ -202,6 +198,31 @@ fn raw_exchange(hub: &TestHub, head: String, body_bytes: usize, chunked: bool) -
     if chunked {
         let _ = tls.write_all(b"0\r\n\r\n");
     }
+    read_head(&mut tls)
+}
+
+/// A TLS connection to the hub's HTTPS port, trusting its CA, that gives up
+/// reading after 20 s.
+fn tls_to(hub: &TestHub) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let ca = std::fs::read(hub.ca_file()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let sock = std::net::TcpStream::connect(("127.0.0.1", hub.https_port())).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    rustls::StreamOwned::new(conn, sock)
+}
+
+/// Reads until the end of the response head (or the connection's end).
+fn read_head(tls: &mut impl Read) -> String {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     while !out.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -223,14 +244,14 @@ async fn oversized_bodies_are_refused_with_413_and_nothing_changes() {
     let token = raw.token();
     // Declared far too large: answered from the headers, before any body byte.
     let declared = format!(
-        "PATCH /twins/big HTTP/1.1\r\nHost: localhost\r\nAuthorization: {token}\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\n\r\n"
+        "PATCH /twins/big?api-version=2021-04-12 HTTP/1.1\r\nHost: localhost\r\nAuthorization: {token}\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\n\r\n"
     );
     let answer = raw_exchange(&hub, declared, 0, false);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.to_ascii_lowercase().contains("iothub-errorcode: messagetoolarge"), "{answer}");
     // Chunked without a length: cut off once the limit is crossed.
     let chunked = format!(
-        "PATCH /twins/big HTTP/1.1\r\nHost: localhost\r\nAuthorization: {token}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "PATCH /twins/big?api-version=2021-04-12 HTTP/1.1\r\nHost: localhost\r\nAuthorization: {token}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
     );
     let answer = raw_exchange(&hub, chunked, 400_000, true);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
@@ -254,4 +275,53 @@ fn https_speaks_tls_1_2_and_1_3_with_the_hub_ca() {
         let expected = if version == "-tls1_2" { "TLSv1.2" } else { "TLSv1.3" };
         assert!(text.contains(expected), "{version}: {text}");
     }
+}
+
+#[tokio::test]
+async fn a_malformed_chunked_body_is_400_and_only_a_long_one_is_413() {
+    let hub = TestHub::start();
+    let raw = Raw::new(&hub);
+    let (s, _, _) = raw.send(Method::PUT, "/devices/chunky", Some(raw.token()), &[], Some("{}".into())).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, _, before) = raw.send(Method::GET, "/twins/chunky", Some(raw.token()), &[], None).await;
+    let token = raw.token();
+    let head = |method: &str, path: &str| {
+        format!(
+            "{method} {path}?api-version=2021-04-12 HTTP/1.1\r\nHost: localhost\r\nAuthorization: {token}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+    };
+    // A chunk-size line that is not hex; a chunk longer than its size line
+    // says (its CRLF is missing); the same on a raw-body route (C2D send).
+    let patch = r#"{"tags":{"a":1}}"#;
+    let bodies = [
+        (head("PATCH", "/twins/chunky"), format!("zz\r\n{patch}\r\n0\r\n\r\n")),
+        (head("PATCH", "/twins/chunky"), format!("3\r\n{patch}\r\n0\r\n\r\n")),
+        (head("POST", "/devices/chunky/messages/deviceBound"), "4\r\nabcdefgh\r\n0\r\n\r\n".to_owned()),
+    ];
+    for (head, body) in bodies {
+        let mut tls = tls_to(&hub);
+        tls.write_all(head.as_bytes()).unwrap();
+        tls.write_all(body.as_bytes()).unwrap();
+        tls.flush().unwrap();
+        let answer = read_head(&mut tls);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{body:?}: {answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("iothub-errorcode: argumentinvalid"),
+            "{body:?}: {answer}"
+        );
+    }
+    // A well-formed chunked body still works, and a long one is still 413.
+    let mut tls = tls_to(&hub);
+    tls.write_all(head("PATCH", "/twins/chunky").as_bytes()).unwrap();
+    write!(tls, "{:x}\r\n{patch}\r\n0\r\n\r\n", patch.len()).unwrap();
+    let answer = read_head(&mut tls);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let answer = raw_exchange(&hub, head("PATCH", "/twins/chunky"), 400_000, true);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // Only the well-formed patch was applied.
+    let (_, _, after) = raw.send(Method::GET, "/twins/chunky", Some(raw.token()), &[], None).await;
+    let (before, after): (serde_json::Value, serde_json::Value) =
+        (serde_json::from_str(&before).unwrap(), serde_json::from_str(&after).unwrap());
+    assert_eq!(after["tags"], serde_json::json!({"a": 1}));
+    assert_eq!(after["version"].as_i64(), before["version"].as_i64().map(|v| v + 1), "one write, not more");
 }

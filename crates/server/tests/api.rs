@@ -309,7 +309,7 @@ async fn bad_inputs_get_azure_errors_and_change_nothing() {
     let raw = |method: &str, path: &str, body: &str, extra: Option<(&str, &str)>| {
         let mut b = Request::builder()
             .method(method)
-            .uri(path)
+            .uri(format!("{path}?api-version=2021-04-12"))
             .header("authorization", api.token("iothubowner"))
             .header("content-type", "application/json");
         if let Some((k, v)) = extra {
@@ -368,4 +368,225 @@ async fn bad_inputs_get_azure_errors_and_change_nothing() {
     }
     assert_eq!(api.call("GET", "/devices/keep", None, None).await.body, before_dev);
     assert_eq!(api.call("GET", "/twins/keep", None, None).await.body, before_twin);
+}
+
+/// A body that records being polled and then never ends: a handler that
+/// reads it before answering would hang (the test's timeout) and set the
+/// flag; one that authenticates first answers without touching it.
+fn untouchable_body(polled: Arc<std::sync::atomic::AtomicBool>) -> Body {
+    let stream = futures_util::stream::poll_fn(move |_| {
+        polled.store(true, std::sync::atomic::Ordering::SeqCst);
+        std::task::Poll::<Option<Result<bytes::Bytes, std::io::Error>>>::Pending
+    });
+    Body::from_stream(stream)
+}
+
+async fn send_untouched(api: &Api, req: axum::http::request::Builder) -> Reply {
+    let polled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let req = req.body(untouchable_body(polled.clone())).unwrap();
+    let r = tokio::time::timeout(std::time::Duration::from_secs(10), api.send(req))
+        .await
+        .expect("the handler waited for a body it should never have read");
+    assert!(!polled.load(std::sync::atomic::Ordering::SeqCst), "the body was polled before the answer");
+    r
+}
+
+#[tokio::test]
+async fn callers_are_authenticated_before_any_body_byte_is_read() {
+    let api = Api::new().await;
+    // Anonymous, with bad JSON: 401, not the parser's 400.
+    let bad_json = Request::put("/devices/x?api-version=2021-04-12")
+        .header("content-type", "application/json")
+        .body(Body::from("{not json"))
+        .unwrap();
+    assert_azure_error(&api.send(bad_json).await, 401, "IotHubUnauthorizedAccess");
+    // Anonymous, oversized (declared far beyond the cap) and on every
+    // route that takes a body: 401 without the body being polled.
+    let posts = [
+        ("PUT", "/devices/x"),
+        ("POST", "/devices"),
+        ("POST", "/devices/query"),
+        ("PATCH", "/twins/x"),
+        ("PUT", "/twins/x"),
+        ("POST", "/twins/x/methods"),
+        ("PUT", "/configurations/c"),
+        ("POST", "/configurations/testQueries"),
+        ("POST", "/devices/x/messages/deviceBound"),
+        ("POST", "/devices/x/messages/events"),
+        ("POST", "/firmware-images?version=1"),
+        ("POST", "/firmware-rollouts"),
+    ];
+    for (method, path) in posts {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("{path}{sep}api-version=2021-04-12"))
+            .header("content-type", "application/json")
+            .header("content-length", "10000000");
+        let r = send_untouched(&api, req).await;
+        assert_azure_error(&r, 401, "IotHubUnauthorizedAccess");
+    }
+    // A valid token without the route's permission: its 401
+    // IotHubUnauthorized, also before the body.
+    for (policy, method, path) in [
+        ("registryRead", "PUT", "/devices/x"),
+        ("registryRead", "POST", "/devices"),
+        ("registryReadWrite", "PATCH", "/twins/x"),
+        ("registryRead", "POST", "/twins/x/methods"),
+        ("device", "PUT", "/configurations/c"),
+        ("registryRead", "POST", "/firmware-rollouts"),
+        ("service", "POST", "/devices/x/messages/events"),
+    ] {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("{path}?api-version=2021-04-12"))
+            .header("authorization", api.token(policy))
+            .header("content-length", "100");
+        let r = send_untouched(&api, req).await;
+        let code = if path.ends_with("/events") { "IotHubUnauthorizedAccess" } else { "IotHubUnauthorized" };
+        assert_azure_error(&r, 401, code);
+    }
+    // Nothing was created by any of it.
+    let r = api.call("GET", "/devices/x", None, None).await;
+    assert_azure_error(&r, 404, "DeviceNotFound");
+}
+
+#[tokio::test]
+async fn a_malformed_escape_in_any_path_segment_is_refused_and_creates_nothing() {
+    let api = Api::new().await;
+    for (method, path, body) in [
+        ("PUT", "/devices/a%ZZ", Some(json!({}))),
+        ("PUT", "/devices/a%2", Some(json!({}))),
+        ("PUT", "/devices/a%2Fb", Some(json!({}))),
+        ("GET", "/twins/a%ZZ", None),
+        ("PUT", "/configurations/c%G1", Some(json!({}))),
+        ("DELETE", "/messages/serviceBound/feedback/t%ZZ", None),
+        ("GET", "/firmware-rollouts/r%ZZ", None),
+    ] {
+        let r = api.call(method, path, None, body).await;
+        assert_azure_error(&r, 400, "ArgumentInvalid");
+    }
+    let listed = api.call("GET", "/devices", None, None).await;
+    assert_eq!(listed.body, json!([]), "nothing was created");
+    // A well-formed escape still decodes: `a%25ZZ` is the device `a%ZZ`.
+    let r = api.call("PUT", "/devices/a%25ZZ", None, Some(json!({}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["deviceId"], "a%ZZ");
+    // Anonymous callers learn nothing about the path: 401 first.
+    let anon = Request::put("/devices/a%ZZ?api-version=2021-04-12").body(Body::from("{}")).unwrap();
+    assert_azure_error(&api.send(anon).await, 401, "IotHubUnauthorizedAccess");
+}
+
+#[tokio::test]
+async fn iot_hub_routes_need_a_known_api_version_and_ferrohub_routes_do_not() {
+    let api = Api::new().await;
+    let get = |uri: &str| {
+        Request::get(uri).header("authorization", api.token("iothubowner")).body(Body::empty()).unwrap()
+    };
+    for uri in [
+        "/devices",
+        "/devices?top=1",
+        "/devices?api-version=",
+        "/devices?api-version=1",
+        "/devices?api-version=2099-01-01",
+        "/twins/x?api-version=2021-04-12x",
+        "/statistics/devices",
+        "/configurations",
+    ] {
+        let r = api.send(get(uri)).await;
+        assert_azure_error(&r, 400, "InvalidProtocolVersion");
+        assert_eq!(r.body["Message"], "ErrorCode:InvalidProtocolVersion;BadRequest", "{uri}");
+    }
+    for version in ["2021-04-12", "2020-09-30", "2019-10-01", "2016-11-14"] {
+        let r = api.send(get(&format!("/devices?api-version={version}"))).await;
+        assert_eq!(r.status, StatusCode::OK, "{version}: {:?}", r.body);
+    }
+    // ferrohub's own routes are not IoT Hub's and are not versioned by it.
+    for uri in ["/firmware-images", "/firmware-rollouts"] {
+        let r = api.send(get(uri)).await;
+        assert_eq!(r.status, StatusCode::OK, "{uri}: {:?}", r.body);
+    }
+    // The version is checked after the caller: anonymous is 401 either way.
+    let r = api.send(Request::get("/devices").body(Body::empty()).unwrap()).await;
+    assert_azure_error(&r, 401, "IotHubUnauthorizedAccess");
+    // The device HTTPS routes are IoT Hub's too.
+    let created = api.call("PUT", "/devices/dv", None, Some(json!({}))).await;
+    let key = created.body["authentication"]["symmetricKey"]["primaryKey"].as_str().unwrap().to_owned();
+    let device = generate_token("localhost/devices/dv", &key, None, 4_000_000_000).unwrap();
+    let post = |uri: &str| {
+        Request::post(uri).header("authorization", device.clone()).body(Body::from("hi")).unwrap()
+    };
+    let r = api.send(post("/devices/dv/messages/events")).await;
+    assert_azure_error(&r, 400, "InvalidProtocolVersion");
+    let r = api.send(post("/devices/dv/messages/events?api-version=2021-04-12")).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{:?}", r.body);
+}
+
+#[tokio::test]
+async fn a_policy_token_scoped_to_a_device_reaches_only_that_device() {
+    let api = Api::new().await;
+    for id in ["d1", "d10", "d2"] {
+        api.call("PUT", &format!("/devices/{id}"), None, Some(json!({}))).await;
+    }
+    let owner = api.policies.iter().find(|p| p.key_name == "iothubowner").unwrap();
+    let scoped =
+        generate_token("localhost/devices/d1", &owner.primary_key, Some("iothubowner"), 4_000_000_000)
+            .unwrap();
+    let call = |method: &str, path: &str, body: Option<Value>| {
+        let b = Request::builder()
+            .method(method)
+            .uri(format!("{path}?api-version=2021-04-12"))
+            .header("authorization", scoped.clone())
+            .header("content-type", "application/json");
+        b.body(body.map(|v| Body::from(v.to_string())).unwrap_or_else(Body::empty)).unwrap()
+    };
+    // What it covers: the device, its twin, its C2D queue.
+    let r = api.send(call("GET", "/devices/d1", None)).await;
+    assert_eq!((r.status, &r.body["deviceId"]), (StatusCode::OK, &json!("d1")));
+    let r = api.send(call("GET", "/twins/d1", None)).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = api.send(call("PATCH", "/twins/d1", Some(json!({"tags": {"scoped": true}})))).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = api.send(call("POST", "/devices/d1/messages/deviceBound", Some(json!({"hi": 1})))).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{:?}", r.body);
+    // Its methods: reached (the device is offline, which is the hub's
+    // answer, not the authorizer's).
+    let r = api.send(call("POST", "/twins/d1/methods", Some(json!({"methodName": "m"})))).await;
+    assert_azure_error(&r, 404, "DeviceNotOnline");
+    // What it does not: other devices (a longer id included), their twins,
+    // and anything hub-wide.
+    for (method, path, body) in [
+        ("GET", "/devices/d2", None),
+        ("GET", "/devices/d10", None),
+        ("DELETE", "/devices/d2", None),
+        ("GET", "/twins/d2", None),
+        ("PATCH", "/twins/d10", Some(json!({"tags": {"scoped": true}}))),
+        ("POST", "/twins/d2/methods", Some(json!({"methodName": "m"}))),
+        ("POST", "/devices/d2/messages/deviceBound", Some(json!({}))),
+        ("GET", "/devices", None),
+        ("POST", "/devices/query", Some(json!({"query": "SELECT * FROM devices"}))),
+        ("GET", "/configurations", None),
+        ("GET", "/statistics/devices", None),
+        ("GET", "/messages/serviceBound/feedback", None),
+    ] {
+        let r = api.send(call(method, path, body)).await;
+        assert_azure_error(&r, 401, "IotHubUnauthorizedAccess");
+    }
+    let d2 = api.call("GET", "/twins/d10", None, None).await;
+    assert_eq!(d2.body["tags"], json!({}), "the refused patch changed nothing");
+    // The scope does not lift the policy's permissions: `registryRead`
+    // scoped to d1 still cannot write it.
+    let read = api.policies.iter().find(|p| p.key_name == "registryRead").unwrap();
+    let scoped_read =
+        generate_token("localhost/devices/d1", &read.primary_key, Some("registryRead"), 4_000_000_000)
+            .unwrap();
+    let r = api
+        .send(
+            Request::delete("/devices/d1?api-version=2021-04-12")
+                .header("authorization", scoped_read)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_azure_error(&r, 401, "IotHubUnauthorized");
 }

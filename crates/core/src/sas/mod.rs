@@ -86,6 +86,20 @@ pub fn authorize<L: KeyLookup + ?Sized>(
     target_path: &str,
     lookup: &L,
 ) -> HubResult<Principal> {
+    authorize_any(token_text, now_unix, host_names, &[target_path], lookup)
+}
+
+/// [`authorize`] for a request that may be named by several resource paths
+/// (a twin is reachable as `/twins/{d}` and belongs to `/devices/{d}`): the
+/// token is verified once and passes when its `sr` covers any one of
+/// `target_paths`. An identity-key token must name the first one exactly.
+pub fn authorize_any<L: KeyLookup + ?Sized>(
+    token_text: &str,
+    now_unix: i64,
+    host_names: &[String],
+    target_paths: &[&str],
+    lookup: &L,
+) -> HubResult<Principal> {
     let token = SasToken::parse(token_text)?;
     let (principal, primary, secondary) = match token.skn() {
         Some(name) => {
@@ -124,10 +138,11 @@ pub fn authorize<L: KeyLookup + ?Sized>(
     if !token.matches_host(host_names) {
         return Err(HubError::unauthorized("SAS token sr names another hub"));
     }
-    if !token::path_covers(token.path(), target_path) {
+    if !target_paths.iter().any(|t| token::path_covers(token.path(), t)) {
         return Err(HubError::unauthorized("SAS token sr does not cover this resource"));
     }
-    if !matches!(principal, Principal::Policy { .. }) && !token::same_path(token.path(), target_path) {
+    let exact = target_paths.first().is_some_and(|t| token::same_path(token.path(), t));
+    if !matches!(principal, Principal::Policy { .. }) && !exact {
         return Err(HubError::unauthorized("SAS token signed with an identity key is for another identity"));
     }
     Ok(principal)
@@ -263,6 +278,31 @@ mod tests {
         let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
         let text = format!("SharedAccessSignature sr={sr}&sig={}&se={se}", sig.replace('+', "%2B"));
         fails_with(&text, "/devices/x509dev", "signature");
+    }
+
+    #[test]
+    fn a_scoped_policy_token_covers_any_of_the_named_resources() {
+        let h = hub();
+        let service = &h.policies[1];
+        assert_eq!(service.key_name, "service");
+        let t =
+            generate_token(&format!("{HOST}/devices/d1"), &service.primary_key, Some("service"), NOW + 60)
+                .unwrap();
+        let twin = ["/twins/d1", "/devices/d1"];
+        assert!(authorize_any(&t, NOW, &names(), &twin, &h).is_ok());
+        assert!(authorize_any(&t, NOW, &names(), &["/devices/d1/messages/deviceBound"], &h).is_ok());
+        let other = ["/twins/d2", "/devices/d2"];
+        let e = authorize_any(&t, NOW, &names(), &other, &h).unwrap_err();
+        assert!(e.message.contains("does not cover"), "{}", e.message);
+        let e = authorize_any(&t, NOW, &names(), &["/devices"], &h).unwrap_err();
+        assert!(e.message.contains("does not cover"), "{}", e.message);
+        assert!(authorize_any(&t, NOW, &names(), &[], &h).is_err(), "no resource is covered by nothing");
+        // An identity key must still name its own identity first.
+        let own = device_token(&format!("{HOST}/devices/d1"), &key(1), NOW + 60);
+        assert!(authorize_any(&own, NOW, &names(), &["/devices/d1", "/x"], &h).is_ok());
+        let e =
+            authorize_any(&own, NOW, &names(), &["/devices/d1/modules/m1", "/devices/d1"], &h).unwrap_err();
+        assert!(e.message.contains("another identity"), "{}", e.message);
     }
 
     #[test]

@@ -3,15 +3,15 @@
 //! HTTPS, with the same properties as `iothub-*` headers.)
 
 use axum::body::Body;
-use axum::extract::{Request, State as AxState};
+use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use ferrohub_core::message::{c2d_expiry, CloudToDeviceMessage, MAX_C2D_BODY};
-use ferrohub_core::sas::Permission;
-use ferrohub_core::{ErrorCode, HubError};
+use ferrohub_core::HubError;
 
+use super::auth::{Service, ServiceConnect};
 use super::error::{ApiError, ApiResult};
-use super::{authorize, IdPath, State};
+use super::IdPath;
 
 fn header(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {
     headers
@@ -25,20 +25,14 @@ fn header(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {
 }
 
 pub(super) async fn send(
-    AxState(state): AxState<State>,
+    Service { hub: state, .. }: Service<ServiceConnect>,
     IdPath(id): IdPath,
     req: Request<Body>,
 ) -> ApiResult<Response> {
     let headers = req.headers().clone();
-    authorize(&state, &headers, &[Permission::ServiceConnect])?;
-    let too_large = || {
-        ApiError(HubError::new(
-            ErrorCode::MessageTooLarge,
-            format!("A cloud-to-device message is at most {MAX_C2D_BODY} bytes"),
-        ))
-    };
-    let body =
-        super::body::read_limited(&headers, req.into_body(), MAX_C2D_BODY).await.map_err(|_| too_large())?;
+    let body = super::body::read_limited(&headers, req.into_body(), MAX_C2D_BODY)
+        .await
+        .map_err(|e| e.into_api(format!("A cloud-to-device message is at most {MAX_C2D_BODY} bytes")))?;
     let now = crate::clock::now();
     let props = super::properties::from_headers(&headers)?;
     let system = props.system;

@@ -3,55 +3,49 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Query, State as AxState};
+use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use ferrohub_core::sas::Permission;
 use serde_json::Value;
 
+use super::auth::{Own, Service, ServiceConnect};
 use super::body::JsonBody;
 use super::error::ApiResult;
 use super::watch::{snapshots, ticks, Snapshot};
-use super::{authorize, if_match, json, IdPath, State};
+use super::{if_match, json, IdPath};
 use ferrohub_core::precondition::IfMatch;
 
 pub(super) async fn get(
-    AxState(state): AxState<State>,
-    headers: HeaderMap,
+    Service { hub: state, .. }: Service<ServiceConnect>,
     IdPath(id): IdPath,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::ServiceConnect])?;
     json(&state.engine.get(&id)?)
 }
 
 pub(super) async fn list(
-    AxState(state): AxState<State>,
-    headers: HeaderMap,
+    Service { hub: state, .. }: Service<ServiceConnect>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::ServiceConnect])?;
     let top = query.get("top").and_then(|t| t.parse::<i64>().ok());
     json(&state.engine.list(top))
 }
 
 /// Without If-Match this creates (409 if the id exists); with it, updates.
 pub(super) async fn put(
-    AxState(state): AxState<State>,
+    Service { hub: state, .. }: Service<ServiceConnect>,
     headers: HeaderMap,
     IdPath(id): IdPath,
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::ServiceConnect])?;
     let cond = if_match(&headers)?;
     json(&state.engine.put(&id, &body, &cond).await?)
 }
 
 pub(super) async fn delete(
-    AxState(state): AxState<State>,
+    Service { hub: state, .. }: Service<ServiceConnect>,
     headers: HeaderMap,
     IdPath(id): IdPath,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::ServiceConnect])?;
     let cond = match if_match(&headers)? {
         IfMatch::Absent => IfMatch::Any,
         c => c,
@@ -61,22 +55,18 @@ pub(super) async fn delete(
 }
 
 pub(super) async fn test_queries(
-    AxState(state): AxState<State>,
-    headers: HeaderMap,
+    Service { hub: state, .. }: Service<ServiceConnect>,
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::ServiceConnect])?;
     json(&state.engine.test_queries(&body)?)
 }
 
 /// `GET /configurations/{id}/watch`: the configuration with its metrics as
 /// server-sent events (a ferrohub addition; see [`super::watch`]).
 pub(super) async fn watch(
-    AxState(state): AxState<State>,
-    headers: HeaderMap,
+    Own { hub: state, .. }: Own<ServiceConnect>,
     IdPath(id): IdPath,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::ServiceConnect])?;
     // Subscribe first, so a change between this check and the first render
     // is not missed; an unknown id is the same 404 as a GET.
     let changes = state.engine.subscribe();

@@ -2,46 +2,41 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Query, State as AxState};
+use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use ferrohub_core::identity::DeviceRequest;
-use ferrohub_core::sas::Permission;
 
+use super::auth::{RegistryRead, RegistryWrite, Service};
 use super::body::JsonBody;
 use super::error::ApiResult;
-use super::{authorize, if_match, json, IdPath, State};
+use super::{if_match, json, IdPath};
 use crate::hub::bulk::{self, ExportImportDevice};
 use ferrohub_core::precondition::IfMatch;
 
 pub(super) async fn list(
-    AxState(state): AxState<State>,
-    headers: HeaderMap,
+    Service { hub: state, .. }: Service<RegistryRead>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::RegistryRead])?;
     // Azure treats a missing or out-of-range `top` as 1000.
     let top = query.get("top").and_then(|t| t.parse::<i64>().ok());
     json(&state.registry.list_devices(top).await?)
 }
 
 pub(super) async fn get(
-    AxState(state): AxState<State>,
-    headers: HeaderMap,
+    Service { hub: state, .. }: Service<RegistryRead>,
     IdPath(id): IdPath,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::RegistryRead])?;
     json(&state.registry.get_device(&id).await?)
 }
 
 /// Without If-Match this creates (Azure answers 200, not 201); with it, updates.
 pub(super) async fn put(
-    AxState(state): AxState<State>,
+    Service { hub: state, .. }: Service<RegistryWrite>,
     headers: HeaderMap,
     IdPath(id): IdPath,
     JsonBody(req): JsonBody<DeviceRequest>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::RegistryWrite])?;
     let device = match if_match(&headers)? {
         IfMatch::Absent => state.registry.create_device(&id, req, None).await?,
         cond => state.registry.update_device(&id, req, &cond).await?,
@@ -50,11 +45,10 @@ pub(super) async fn put(
 }
 
 pub(super) async fn delete(
-    AxState(state): AxState<State>,
+    Service { hub: state, .. }: Service<RegistryWrite>,
     headers: HeaderMap,
     IdPath(id): IdPath,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::RegistryWrite])?;
     // Every SDK sends If-Match on delete; a bare DELETE means "whatever it is".
     let cond = match if_match(&headers)? {
         IfMatch::Absent => IfMatch::Any,
@@ -67,11 +61,9 @@ pub(super) async fn delete(
 /// Bulk create/update/delete. Azure answers 400 with the result body when an
 /// entry failed.
 pub(super) async fn bulk(
-    AxState(state): AxState<State>,
-    headers: HeaderMap,
+    Service { hub: state, .. }: Service<RegistryWrite>,
     JsonBody(items): JsonBody<Vec<ExportImportDevice>>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::RegistryWrite])?;
     let result = bulk::apply(&state.registry, items).await?;
     let mut response = json(&result)?;
     if !result.is_successful {

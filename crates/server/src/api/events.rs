@@ -10,17 +10,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Query, State as AxState};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::extract::Query;
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use ferrohub_core::sas::Permission;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
+use super::auth::{Own, ServiceConnect};
 use super::error::ApiResult;
-use super::{authorize, State};
 use crate::hub::telemetry::TelemetryEvent;
 
 /// Most events a `last=` replay returns.
@@ -40,11 +39,9 @@ fn frame(out: &mut Vec<u8>, event: &TelemetryEvent) {
 }
 
 pub(super) async fn stream(
-    AxState(state): AxState<State>,
-    headers: HeaderMap,
+    Own { hub: state, .. }: Own<ServiceConnect>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::ServiceConnect])?;
     let device = query.get("deviceId").cloned().filter(|d| !d.is_empty());
     let last = query.get("last").and_then(|n| n.parse::<usize>().ok()).unwrap_or(0).min(MAX_REPLAY);
     let (replay, mut live) = state.telemetry.subscribe(device.as_deref(), last);

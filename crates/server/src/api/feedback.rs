@@ -5,16 +5,16 @@
 //! ([`CloudToDevice`](crate::hub::c2d::CloudToDevice)); this module only
 //! maps them onto HTTP.
 
-use axum::extract::{Path, State as AxState};
+use axum::extract::Path;
 use axum::http::header::{CONTENT_TYPE, ETAG};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use ferrohub_core::sas::Permission;
 use ferrohub_core::HubError;
 use serde_json::json;
 
+use super::auth::{Service, ServiceConnect};
 use super::error::{ApiError, ApiResult};
-use super::{authorize, IdPath, State};
+use super::IdPath;
 use crate::hub::c2d::FeedbackBatch;
 
 /// The content type IoT Hub gives a feedback message (the C2D guide's
@@ -24,8 +24,7 @@ pub(crate) const FEEDBACK_CONTENT_TYPE: &str =
 
 /// `GET /messages/serviceBound/feedback`: 204 when nothing is waiting,
 /// else the locked batch.
-pub(super) async fn receive(AxState(state): AxState<State>, headers: HeaderMap) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::ServiceConnect])?;
+pub(super) async fn receive(Service { hub: state, .. }: Service<ServiceConnect>) -> ApiResult<Response> {
     match state.c2d.receive_feedback().await? {
         None => Ok(StatusCode::NO_CONTENT.into_response()),
         Some(batch) => batch_response(&batch),
@@ -49,11 +48,9 @@ fn batch_response(batch: &FeedbackBatch) -> ApiResult<Response> {
 /// `DELETE /messages/serviceBound/feedback/{lockToken}`: 204, or 412
 /// DeviceMessageLockLost when the token holds no batch.
 pub(super) async fn complete(
-    AxState(state): AxState<State>,
+    Service { hub: state, .. }: Service<ServiceConnect>,
     Path(lock_token): Path<String>,
-    headers: HeaderMap,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::ServiceConnect])?;
     state.c2d.settle_feedback(&lock_token, false).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -61,11 +58,9 @@ pub(super) async fn complete(
 /// `POST /messages/serviceBound/feedback/{lockToken}/abandon`: the batch
 /// goes back for the next receive; 204, or 412 as for complete.
 pub(super) async fn abandon(
-    AxState(state): AxState<State>,
+    Service { hub: state, .. }: Service<ServiceConnect>,
     Path(lock_token): Path<String>,
-    headers: HeaderMap,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::ServiceConnect])?;
     state.c2d.settle_feedback(&lock_token, true).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -74,11 +69,9 @@ pub(super) async fn abandon(
 /// many messages went (`PurgeMessageQueueResult`; ferrohub has no modules,
 /// so no `moduleId`).
 pub(super) async fn purge(
-    AxState(state): AxState<State>,
+    Service { hub: state, .. }: Service<ServiceConnect>,
     IdPath(id): IdPath,
-    headers: HeaderMap,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::ServiceConnect])?;
     let purged = state.c2d.purge(&id).await?;
     Ok(super::json_response(&json!({ "totalMessagesPurged": purged, "deviceId": id })))
 }

@@ -14,8 +14,9 @@ use ferrohub_core::sas::{Permission, SasToken};
 use ferrohub_core::{ErrorCode, HubError};
 use tower::ServiceExt as _;
 
+use super::auth::{Own, ServiceConnect};
 use super::error::{ApiError, ApiResult};
-use super::{authorize, header_text, json, State};
+use super::{header_text, json, State};
 use crate::hub::firmware::{check_sha256, not_found};
 
 /// `GET /firmware/{sha256}`: the image bytes, with `Range` (206/416) and an
@@ -44,39 +45,33 @@ pub(super) async fn download(
 
 /// `POST /firmware-images?version=V[&deviceType=T]`: the body is the image.
 pub(super) async fn upload(
-    AxState(state): AxState<State>,
+    Own { hub: state, .. }: Own<ServiceConnect>,
     Query(query): Query<HashMap<String, String>>,
     req: Request<Body>,
 ) -> ApiResult<Response> {
-    authorize(&state, req.headers(), &[Permission::ServiceConnect])?;
     let version = query.get("version").ok_or_else(|| HubError::invalid("The query needs version=..."))?;
     let device_type = query.get("deviceType").map(String::as_str).unwrap_or("");
     let image = state.firmware.upload(version, device_type, req.into_body().into_data_stream()).await?;
     json(&image)
 }
 
-pub(super) async fn list(AxState(state): AxState<State>, headers: HeaderMap) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::ServiceConnect])?;
+pub(super) async fn list(Own { hub: state, .. }: Own<ServiceConnect>) -> ApiResult<Response> {
     json(&state.firmware.list()?)
 }
 
 pub(super) async fn show(
-    AxState(state): AxState<State>,
-    headers: HeaderMap,
+    Own { hub: state, .. }: Own<ServiceConnect>,
     Path(sha): Path<String>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::ServiceConnect])?;
     check_sha256(&sha)?;
     json(&state.firmware.get(&sha)?.ok_or_else(|| not_found(&sha))?)
 }
 
 /// Refused while a configuration's content names the image (by hash).
 pub(super) async fn delete(
-    AxState(state): AxState<State>,
-    headers: HeaderMap,
+    Own { hub: state, .. }: Own<ServiceConnect>,
     Path(sha): Path<String>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::ServiceConnect])?;
     check_sha256(&sha)?;
     if let Some(config) = state.engine.list(None).into_iter().find(|c| c.content_mentions(&sha)) {
         return Err(HubError::new(
@@ -109,7 +104,8 @@ pub(super) async fn public_key(AxState(state): AxState<State>, headers: HeaderMa
     if device_token {
         state.authenticate_device(header_text(&headers, AUTHORIZATION), None).await?;
     } else {
-        authorize(&state, &headers, &[Permission::ServiceConnect, Permission::RegistryRead])?;
+        let needed = [Permission::ServiceConnect, Permission::RegistryRead];
+        state.auth.authorize_service(header_text(&headers, AUTHORIZATION), &needed, &["/firmware-key"])?;
     }
     let mut r = state.firmware.public_key_pem()?.into_response();
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/x-pem-file"));

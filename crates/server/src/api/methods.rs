@@ -2,17 +2,15 @@
 
 use std::time::Duration;
 
-use axum::extract::State as AxState;
-use axum::http::HeaderMap;
 use axum::response::Response;
-use ferrohub_core::sas::Permission;
 use ferrohub_core::HubError;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::auth::{Service, ServiceConnect};
 use super::body::JsonBody;
 use super::error::ApiResult;
-use super::{authorize, json_response, IdPath, State};
+use super::{json_response, IdPath};
 use crate::hub::methods::{CONNECT_TIMEOUT_RANGE, RESPONSE_TIMEOUT_RANGE};
 
 /// Azure's `CloudToDeviceMethod`.
@@ -38,12 +36,10 @@ fn bounded(name: &str, value: Option<u64>, default: u64, (lo, hi): (u64, u64)) -
 }
 
 pub(super) async fn invoke(
-    AxState(state): AxState<State>,
-    headers: HeaderMap,
+    Service { hub: state, .. }: Service<ServiceConnect>,
     IdPath(id): IdPath,
     JsonBody(req): JsonBody<MethodRequest>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::ServiceConnect])?;
     if req.method_name.is_empty() || req.method_name.len() > 128 || req.method_name.contains('/') {
         return Err(HubError::invalid("methodName must be 1 to 128 characters without '/'").into());
     }

@@ -1,12 +1,15 @@
 //! The IoT Hub service REST API: same paths, verbs, JSON and errors as
-//! Azure, any `api-version` accepted.
+//! Azure, with the `api-version`s IoT Hub has served ([`auth::API_VERSIONS`]).
 //!
-//! A request flows: TLS (axum-server) → router → [`auth`](crate::hub::auth)
-//! checks the SAS token and the permission the route needs → the handler
-//! parses the body ([`body::JsonBody`], size-limited) → the [`Hub`] core.
+//! A request flows: TLS (axum-server) → router → the handler's first
+//! extractor ([`auth`]: `Service<P>`, `Own<P>` or `DeviceCall`) checks the
+//! SAS token, the permission the route needs and its scope, then the path's
+//! escapes and the `api-version` → only then are the query and the body
+//! read ([`body::JsonBody`], size-limited) → the [`Hub`] core.
 //! Any failure is a [`HubError`] rendered by [`error::ApiError`]. This
 //! module knows HTTP and the hub, nothing of the other transports.
 
+mod auth;
 mod body;
 mod c2d;
 mod configurations;
@@ -34,7 +37,6 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
-use ferrohub_core::sas::Permission;
 use ferrohub_core::{ErrorCode, HubError};
 
 use ferrohub_core::precondition::IfMatch;
@@ -172,12 +174,6 @@ pub(crate) fn if_match(headers: &HeaderMap) -> ApiResult<IfMatch> {
 /// A header's value as text, if present and valid.
 pub(crate) fn header_text(headers: &HeaderMap, name: axum::http::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// Checks the request's SAS token for one of `needed`.
-pub(crate) fn authorize(state: &Hub, headers: &HeaderMap, needed: &[Permission]) -> ApiResult<()> {
-    let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    state.auth.authorize_service(header, needed).map_err(ApiError)
 }
 
 #[cfg(test)]

@@ -1,18 +1,17 @@
 //! `POST /devices/query`: the IoT Hub query language over device twins,
 //! paged with `x-ms-max-item-count` / `x-ms-continuation`.
 
-use axum::extract::State as AxState;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
 use base64::Engine as _;
-use ferrohub_core::sas::Permission;
 use ferrohub_core::HubError;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::auth::{Service, ServiceOrRegistryRead};
 use super::body::JsonBody;
 use super::error::ApiResult;
-use super::{authorize, json_response, State};
+use super::json_response;
 
 /// Page size when the client names none, and the most it may ask for.
 const DEFAULT_PAGE: usize = 100;
@@ -39,11 +38,10 @@ fn decode_continuation(headers: &HeaderMap) -> Result<usize, HubError> {
 }
 
 pub(super) async fn query(
-    AxState(state): AxState<State>,
+    Service { hub: state, .. }: Service<ServiceOrRegistryRead>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<QueryBody>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::ServiceConnect, Permission::RegistryRead])?;
     let parsed = ferrohub_query::parse_query(&body.query).map_err(|e| HubError::invalid(e.message))?;
     let page = headers
         .get("x-ms-max-item-count")

@@ -3,40 +3,34 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State as AxState};
-use axum::http::HeaderMap;
+use axum::extract::{Path, Query};
 use axum::response::{IntoResponse as _, Response};
-use ferrohub_core::sas::Permission;
 use serde_json::Value;
 
+use super::auth::{Own, ServiceConnect};
 use super::body::JsonBody;
 use super::error::ApiResult;
+use super::json;
 use super::watch::{snapshots, ticks, Snapshot};
-use super::{authorize, json, State};
 
-pub(super) async fn list(AxState(state): AxState<State>, headers: HeaderMap) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::ServiceConnect])?;
+pub(super) async fn list(Own { hub: state, .. }: Own<ServiceConnect>) -> ApiResult<Response> {
     json(&state.rollouts.list().await)
 }
 
 pub(super) async fn create(
-    AxState(state): AxState<State>,
-    headers: HeaderMap,
+    Own { hub: state, .. }: Own<ServiceConnect>,
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::ServiceConnect])?;
     json(&state.rollouts.create(&body).await?)
 }
 
 /// `GET /firmware-rollouts/{id}[?members=false]`: with its members (each
 /// device's phase, attempts and reason) unless told otherwise.
 pub(super) async fn get(
-    AxState(state): AxState<State>,
-    headers: HeaderMap,
+    Own { hub: state, .. }: Own<ServiceConnect>,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::ServiceConnect])?;
     let members = query.get("members").is_none_or(|m| m != "false");
     json(&state.rollouts.get(&id, members).await?)
 }
@@ -44,22 +38,18 @@ pub(super) async fn get(
 /// `DELETE /firmware-rollouts/{id}`: 204 once it and its configurations
 /// are gone.
 pub(super) async fn delete(
-    AxState(state): AxState<State>,
-    headers: HeaderMap,
+    Own { hub: state, .. }: Own<ServiceConnect>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::ServiceConnect])?;
     state.rollouts.delete(&id).await?;
     Ok(axum::http::StatusCode::NO_CONTENT.into_response())
 }
 
 /// `POST /firmware-rollouts/{id}/pause|resume|cancel|rollback`.
 pub(super) async fn act(
-    AxState(state): AxState<State>,
-    headers: HeaderMap,
+    Own { hub: state, .. }: Own<ServiceConnect>,
     Path((id, action)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::ServiceConnect])?;
     json(&state.rollouts.act(&id, &action).await?)
 }
 
@@ -67,11 +57,9 @@ pub(super) async fn act(
 /// as server-sent events (see [`super::watch`]), until it is final
 /// (succeeded, cancelled, rolled back).
 pub(super) async fn watch(
-    AxState(state): AxState<State>,
-    headers: HeaderMap,
+    Own { hub: state, .. }: Own<ServiceConnect>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::ServiceConnect])?;
     // Subscribe first, so a change between the check and the stream counts.
     let changes = ticks(state.rollouts.subscribe());
     if state.rollouts.summary(&id).is_none() {

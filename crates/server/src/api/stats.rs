@@ -1,16 +1,13 @@
 //! `/statistics`: registry and service statistics.
 
-use axum::extract::State as AxState;
-use axum::http::HeaderMap;
 use axum::response::Response;
-use ferrohub_core::sas::Permission;
 use serde_json::json;
 
+use super::auth::{RegistryRead, Service, ServiceOrRegistryRead};
 use super::error::ApiResult;
-use super::{authorize, json_response, State};
+use super::json_response;
 
-pub(super) async fn devices(AxState(state): AxState<State>, headers: HeaderMap) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::RegistryRead])?;
+pub(super) async fn devices(Service { hub: state, .. }: Service<RegistryRead>) -> ApiResult<Response> {
     let c = state.registry.device_counts().await?;
     Ok(json_response(&json!({
         "totalDeviceCount": c.total,
@@ -21,8 +18,9 @@ pub(super) async fn devices(AxState(state): AxState<State>, headers: HeaderMap) 
 
 /// Decision: the sources name no permission for this; ServiceConnect or
 /// RegistryRead both suffice here.
-pub(super) async fn service(AxState(state): AxState<State>, headers: HeaderMap) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Permission::ServiceConnect, Permission::RegistryRead])?;
+pub(super) async fn service(
+    Service { hub: state, .. }: Service<ServiceOrRegistryRead>,
+) -> ApiResult<Response> {
     // The live connections of this node, whatever their transport (one
     // node today; several nodes will sum theirs).
     Ok(json_response(&json!({ "connectedDeviceCount": state.presence.connected_count() })))

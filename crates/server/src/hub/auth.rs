@@ -58,20 +58,29 @@ impl Authorizer {
     }
 
     /// Checks an `Authorization` header for a service API call needing any
-    /// one of `needed`. Bad or missing credentials are
+    /// one of `needed` on the resource named by any of `resources` (decoded
+    /// paths such as `/devices/d1`). A policy token scoped below the hub
+    /// (`sr={host}/devices/d1`) passes only for resources its `sr` prefixes
+    /// by whole segments, as IoT Hub scopes it. Bad or missing credentials,
+    /// and a scope that does not cover the resource, are
     /// 401 IotHubUnauthorizedAccess; a valid policy without the permission is
     /// 401 IotHubUnauthorized, as Azure answers.
-    pub fn authorize_service(&self, header: Option<&str>, needed: &[Permission]) -> HubResult<()> {
+    pub fn authorize_service(
+        &self,
+        header: Option<&str>,
+        needed: &[Permission],
+        resources: &[&str],
+    ) -> HubResult<()> {
         let header =
             header.ok_or_else(|| HubError::unauthorized("The request has no Authorization header"))?;
         if SasToken::parse(header)?.skn().is_none() {
             return Err(HubError::unauthorized("Device credentials cannot be used on the service API"));
         }
-        let principal = sas::authorize(
+        let principal = sas::authorize_any(
             header,
             clock::unix_seconds(),
             &self.host_names,
-            "",
+            resources,
             &Keys { policies: &self.policies, device: None },
         )?;
         if needed.iter().any(|p| principal.has(*p)) {
@@ -114,11 +123,30 @@ mod tests {
         let a = hub();
         let later = clock::unix_seconds() + 3600;
         let read = token(&a, "registryRead", "localhost", later);
-        assert!(a.authorize_service(Some(&read), &[Permission::RegistryRead]).is_ok());
-        let e = a.authorize_service(Some(&read), &[Permission::RegistryWrite]).unwrap_err();
+        assert!(a.authorize_service(Some(&read), &[Permission::RegistryRead], &["/devices"]).is_ok());
+        let e = a.authorize_service(Some(&read), &[Permission::RegistryWrite], &["/devices"]).unwrap_err();
         assert_eq!(e.code, ErrorCode::IotHubUnauthorized);
         let owner = token(&a, "iothubowner", "HUB.example", later);
-        assert!(a.authorize_service(Some(&owner), &[Permission::RegistryWrite]).is_ok());
+        assert!(a.authorize_service(Some(&owner), &[Permission::RegistryWrite], &["/devices/x"]).is_ok());
+    }
+
+    #[test]
+    fn a_token_scoped_to_a_device_covers_only_that_device() {
+        let a = hub();
+        let later = clock::unix_seconds() + 3600;
+        let p = a.policies.iter().find(|p| p.key_name == "iothubowner").unwrap();
+        let scoped =
+            sas::generate_token("localhost/devices/d1", &p.primary_key, Some("iothubowner"), later).unwrap();
+        let ok = |r: &[&str]| a.authorize_service(Some(&scoped), &[Permission::ServiceConnect], r);
+        assert!(ok(&["/devices/d1"]).is_ok());
+        assert!(ok(&["/twins/d1", "/devices/d1"]).is_ok());
+        assert!(ok(&["/devices/d1/messages/deviceBound"]).is_ok());
+        for refused in
+            [&["/devices/d2"][..], &["/twins/d10", "/devices/d10"], &["/devices"], &["/configurations"]]
+        {
+            let e = ok(refused).unwrap_err();
+            assert_eq!(e.code, ErrorCode::IotHubUnauthorizedAccess, "{refused:?}");
+        }
     }
 
     #[test]
@@ -139,7 +167,7 @@ mod tests {
             Some(device_style.as_str()),
             Some(forged.as_str()),
         ] {
-            let e = a.authorize_service(bad, &[Permission::RegistryRead]).unwrap_err();
+            let e = a.authorize_service(bad, &[Permission::RegistryRead], &["/devices"]).unwrap_err();
             assert_eq!(e.code, ErrorCode::IotHubUnauthorizedAccess, "{bad:?}");
         }
     }

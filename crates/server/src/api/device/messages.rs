@@ -3,7 +3,7 @@
 //! reject and abandon settle by that token. The queue rules are the hub's
 //! (`crate::hub::c2d`), shared with MQTT devices.
 
-use axum::extract::{RawQuery, State as AxState};
+use axum::extract::RawQuery;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use ferrohub_core::c2d::Settlement;
@@ -11,18 +11,14 @@ use ferrohub_core::precondition::IfMatch;
 use ferrohub_core::HubError;
 
 use super::LockPath;
+use crate::api::auth::DeviceCall;
 use crate::api::error::ApiResult;
+use crate::api::if_match;
 use crate::api::properties::APP_PREFIX;
-use crate::api::{if_match, IdPath, State};
 use crate::hub::c2d::Locked;
 
 /// `GET /devices/{id}/messages/deviceBound`: 204 when nothing waits.
-pub(crate) async fn receive(
-    AxState(hub): AxState<State>,
-    IdPath(id): IdPath,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    super::authenticate(&hub, &headers, &id).await?;
+pub(crate) async fn receive(DeviceCall { hub, device_id: id }: DeviceCall) -> ApiResult<Response> {
     match hub.c2d.receive(&id).await? {
         None => Ok(StatusCode::NO_CONTENT.into_response()),
         Some(locked) => Ok(message_response(&id, locked)),
@@ -91,12 +87,11 @@ fn wants_reject(query: Option<&str>) -> bool {
 
 /// `DELETE /devices/{id}/messages/deviceBound/{lockToken}[?reject]`.
 pub(crate) async fn settle(
-    AxState(hub): AxState<State>,
+    DeviceCall { hub, .. }: DeviceCall,
     path: LockPath,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    super::authenticate(&hub, &headers, &path.device_id).await?;
     check_if_match(&headers, &path.lock_token)?;
     let how = if wants_reject(query.as_deref()) { Settlement::Reject } else { Settlement::Complete };
     hub.c2d.settle(&path.device_id, &path.lock_token, how).await?;
@@ -105,11 +100,10 @@ pub(crate) async fn settle(
 
 /// `POST /devices/{id}/messages/deviceBound/{lockToken}/abandon`.
 pub(crate) async fn abandon(
-    AxState(hub): AxState<State>,
+    DeviceCall { hub, .. }: DeviceCall,
     path: LockPath,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    super::authenticate(&hub, &headers, &path.device_id).await?;
     check_if_match(&headers, &path.lock_token)?;
     hub.c2d.settle(&path.device_id, &path.lock_token, Settlement::Abandon).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -2,17 +2,16 @@
 //! same telemetry stream MQTT devices feed.
 
 use axum::body::Body;
-use axum::extract::{Request, State as AxState};
+use axum::extract::Request;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use ferrohub_core::message::MAX_TELEMETRY;
-use ferrohub_core::{ErrorCode, HubError};
 
-use crate::api::error::{ApiError, ApiResult};
+use crate::api::auth::DeviceCall;
+use crate::api::error::ApiResult;
 use crate::api::properties::{self, BATCH_CONTENT_TYPE};
-use crate::api::{IdPath, State};
 use crate::clock;
 use crate::hub::telemetry::TelemetryEvent;
 
@@ -25,21 +24,15 @@ fn is_batch(headers: &HeaderMap) -> bool {
 }
 
 pub(crate) async fn send_event(
-    AxState(hub): AxState<State>,
-    IdPath(id): IdPath,
+    DeviceCall { hub, device_id: id }: DeviceCall,
     req: Request<Body>,
 ) -> ApiResult<Response> {
     let headers = req.headers().clone();
-    super::authenticate(&hub, &headers, &id).await?;
     // IoT Hub caps a request at 256 KiB, a batch included (as MQTT caps a
     // payload).
-    let body =
-        crate::api::body::read_limited(&headers, req.into_body(), MAX_TELEMETRY).await.map_err(|_| {
-            ApiError(HubError::new(
-                ErrorCode::MessageTooLarge,
-                format!("A device-to-cloud message is at most {MAX_TELEMETRY} bytes"),
-            ))
-        })?;
+    let body = crate::api::body::read_limited(&headers, req.into_body(), MAX_TELEMETRY)
+        .await
+        .map_err(|e| e.into_api(format!("A device-to-cloud message is at most {MAX_TELEMETRY} bytes")))?;
     // Everything is parsed before anything is pushed: a bad batch sends nothing.
     let messages = if is_batch(&headers) {
         properties::parse_batch(&body)?.into_iter().map(|(p, b)| (p, Bytes::from(b))).collect()
