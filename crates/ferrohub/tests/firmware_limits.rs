@@ -121,13 +121,17 @@ async fn listed(hub: &TestHub) -> Vec<Value> {
 
 async fn error_code(res: reqwest::Response) -> (u16, String, String) {
     let status = res.status().as_u16();
-    let code = res.headers().get("iothub-errorcode").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let code =
+        res.headers().get("iothub-errorcode").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
     (status, code, res.text().await.unwrap())
 }
 
 /// Starts an upload over a raw TLS connection and sends `sent` bytes of a
 /// body promised to be larger, leaving the connection open.
-async fn raw_partial_upload(hub: &TestHub, sent: usize) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+async fn raw_partial_upload(
+    hub: &TestHub,
+    sent: usize,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use tokio::io::AsyncWriteExt as _;
     let ca = std::fs::read(hub.ca_file()).unwrap();
     let mut roots = rustls::RootCertStore::empty();
@@ -169,7 +173,8 @@ async fn an_upload_cut_off_by_its_client_leaves_no_temp_file() {
     let conn = raw_partial_upload(&hub, MIB).await;
     eventually("the upload's temporary file", || !temp_files(hub.data_dir()).is_empty()).await;
     drop(conn);
-    eventually("the temporary file of the reset upload to go", || temp_files(hub.data_dir()).is_empty()).await;
+    eventually("the temporary file of the reset upload to go", || temp_files(hub.data_dir()).is_empty())
+        .await;
 
     // The client goes away politely (its connection is closed mid-body).
     let held = HeldUpload::start(&hub, "1.0.0", Some(8 * MIB as u64));
@@ -246,6 +251,10 @@ async fn images_over_the_size_limit_or_the_store_quota_are_refused_and_nothing_i
     let (status, code, body) = error_code(upload(&hub, "1.0.1", random(3 * MIB + 1)).await).await;
     assert_eq!((status, code.as_str()), (413, "MessageTooLarge"), "{body}");
     assert!(body.contains("--firmware-max-image-size"), "{body}");
+    // A client that writes far more than the hub reads after refusing still
+    // gets the answer, not a reset.
+    let (status, code, body) = error_code(upload(&hub, "1.0.1", vec![7u8; 80 * MIB]).await).await;
+    assert_eq!((status, code.as_str()), (413, "MessageTooLarge"), "{body}");
 
     // 3 MiB stored + 3 MiB > 5 MiB: refused from Content-Length ...
     let (status, code, body) = error_code(upload(&hub, "1.0.2", random(3 * MIB)).await).await;
