@@ -392,3 +392,115 @@ impl FirmwareStore {
 pub fn not_found(sha: &str) -> HubError {
     HubError::new(ErrorCode::IotHubNotFound, format!("Firmware image {sha} not found"))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    const MIB: usize = 1024 * 1024;
+
+    fn chunks(n: usize, size: usize) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin {
+        futures_util::stream::iter((0..n).map(move |i| Ok(Bytes::from(vec![i as u8; size]))))
+    }
+
+    fn limits() -> FirmwareLimits {
+        FirmwareLimits { reserve: 0, ..FirmwareLimits::default() }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir.join("firmware"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn opening_sweeps_what_unfinished_uploads_left_and_counts_what_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FirmwareStore::open(dir.path(), limits()).unwrap();
+        let image = store.upload("1.0.0", "", None, chunks(2, 1000)).await.unwrap();
+        let sha = image.manifest.sha256.clone();
+        let fw = dir.path().join("firmware");
+        std::fs::write(fw.join(".upload-left-by-a-kill"), b"partial").unwrap();
+        std::fs::write(fw.join(format!("{}.tmp", "a".repeat(64))), b"{").unwrap();
+        std::fs::write(fw.join("b".repeat(64)), b"renamed, never recorded").unwrap();
+        drop(store);
+
+        let store = FirmwareStore::open(dir.path(), limits()).unwrap();
+        assert_eq!(names(dir.path()), vec![sha.clone(), format!("{sha}.json")]);
+        assert_eq!(store.stored.load(Ordering::SeqCst), 2000);
+        store.delete(&sha).unwrap();
+        assert_eq!(store.stored.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn an_upload_dropped_mid_body_removes_its_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FirmwareStore::open(dir.path(), limits()).unwrap());
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+        let body = futures_util::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|c| (c, rx)) });
+        let task = {
+            let store = store.clone();
+            tokio::spawn(async move { store.upload("1.0.0", "", None, Box::pin(body)).await })
+        };
+        // With room for one chunk, the third send returns only once the
+        // upload took the second, so the first is written by then.
+        for _ in 0..3 {
+            tx.send(Ok(Bytes::from(vec![1u8; 64 * 1024]))).await.unwrap();
+        }
+        assert_eq!(names(dir.path()).len(), 1, "the temporary file exists mid-upload");
+        assert_eq!(store.in_flight.load(Ordering::SeqCst), 128 * 1024);
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        assert_eq!(names(dir.path()), Vec::<String>::new());
+        assert_eq!(store.in_flight.load(Ordering::SeqCst), 0, "its bytes no longer count");
+    }
+
+    #[tokio::test]
+    async fn uploads_over_a_limit_store_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let tight =
+            FirmwareLimits { max_image: 3 * MIB as u64, quota: 4 * MIB as u64, max_uploads: 1, reserve: 0 };
+        let store = FirmwareStore::open(dir.path(), tight).unwrap();
+        let e = store.upload("1.0.0", "", Some(3 * MIB as u64 + 1), chunks(0, 0)).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::MessageTooLarge);
+        let e = store.upload("1.0.0", "", None, chunks(4, MIB)).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::MessageTooLarge, "enforced while writing too");
+        store.upload("1.0.0", "", None, chunks(3, MIB)).await.unwrap();
+        let e = store.upload("1.0.1", "", Some(2 * MIB as u64), chunks(0, 0)).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::IotHubQuotaExceeded);
+        let e = store.upload("1.0.1", "", None, chunks(2, MIB)).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::IotHubQuotaExceeded);
+        let e = store.upload("1.0.1", "", None, chunks(0, 0)).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::ArgumentNull, "an empty image");
+        assert_eq!(names(dir.path()).len(), 2, "one image and its record, nothing else");
+
+        // A reserve larger than any disk: refused before and while writing.
+        let dir = tempfile::tempdir().unwrap();
+        let greedy = FirmwareLimits { reserve: u64::MAX / 2, ..FirmwareLimits::default() };
+        let store = FirmwareStore::open(dir.path(), greedy).unwrap();
+        let e = store.upload("1.0.0", "", Some(10), chunks(1, 10)).await.unwrap_err();
+        assert_eq!((e.code, e.code.http_status()), (ErrorCode::InsufficientStorage, 507));
+        let e = store.upload("1.0.0", "", None, chunks(1, 10)).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::InsufficientStorage);
+        assert_eq!(names(dir.path()), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn the_upload_slots_are_taken_and_given_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = FirmwareLimits { max_uploads: 1, ..limits() };
+        let store = FirmwareStore::open(dir.path(), one).unwrap();
+        let held = store.uploads.try_acquire().unwrap();
+        let e = store.upload("1.0.0", "", None, chunks(1, 10)).await.unwrap_err();
+        assert_eq!((e.code, e.code.http_status()), (ErrorCode::ServiceUnavailable, 503));
+        drop(held);
+        store.upload("1.0.0", "", None, chunks(1, 10)).await.unwrap();
+        assert_eq!(store.uploads.available_permits(), 1);
+    }
+}
