@@ -61,6 +61,10 @@ pub enum ErrorCode {
     GatewayTimeout,
     /// The hub cannot serve the request right now (e.g. shutting down).
     ServiceUnavailable,
+    /// Storing this would leave the hub's disk with less free space than it
+    /// keeps in reserve (HTTP 507; Azure has no such code, ferrohub's
+    /// firmware store answers it).
+    InsufficientStorage,
     /// A configuration's target condition is not a valid condition.
     InvalidConfigurationTargetCondition,
     /// A configuration's content is malformed or not supported.
@@ -104,6 +108,7 @@ impl ErrorCode {
             Self::ServerError => "ServerError",
             Self::GatewayTimeout => "GatewayTimeout",
             Self::ServiceUnavailable => "ServiceUnavailable",
+            Self::InsufficientStorage => "InsufficientStorage",
             Self::InvalidConfigurationTargetCondition => "InvalidConfigurationTargetCondition",
             Self::InvalidConfigurationContent => "InvalidConfigurationContent",
             Self::CannotModifyImmutableConfigurationContent => "CannotModifyImmutableConfigurationContent",
@@ -141,6 +146,7 @@ impl ErrorCode {
             Self::ServerError => 500,
             Self::GatewayTimeout => 504,
             Self::ServiceUnavailable => 503,
+            Self::InsufficientStorage => 507,
         }
     }
 
@@ -175,6 +181,7 @@ impl ErrorCode {
             Self::ServerError => 500001,
             Self::GatewayTimeout => 504101,
             Self::ServiceUnavailable => 503001,
+            Self::InsufficientStorage => 507001,
             Self::InvalidConfigurationTargetCondition => 400401,
             Self::InvalidConfigurationContent => 400402,
             Self::CannotModifyImmutableConfigurationContent => 400403,
@@ -285,6 +292,7 @@ mod tests {
             ErrorCode::ThrottlingException,
             ErrorCode::ServerError,
             ErrorCode::ServiceUnavailable,
+            ErrorCode::InsufficientStorage,
             ErrorCode::InvalidConfigurationTargetCondition,
             ErrorCode::InvalidConfigurationContent,
             ErrorCode::CannotModifyImmutableConfigurationContent,

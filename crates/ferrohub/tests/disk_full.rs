@@ -4,55 +4,19 @@
 //! once space returns.
 //!
 //! Mounting needs root (CI runs as root); elsewhere the test says so and
-//! returns.
+//! returns (see `common::disk`).
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
+use common::disk::SmallDisk;
 use common::TestHub;
 use ferrohub_device_client::{DeviceClient, DeviceOptions};
 use ferrohub_service_client::{ClientOptions, NewDevice, ServiceClient};
 use serde_json::json;
-
-/// A tmpfs mounted for one test, unmounted (lazily, in case a hub still
-/// holds files) when dropped.
-struct SmallDisk {
-    _root: tempfile::TempDir,
-    mount: PathBuf,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> Option<Self> {
-        if euid() != 0 {
-            return None;
-        }
-        let root = tempfile::Builder::new().prefix("ferrohub-disk-").tempdir().unwrap();
-        let mount = root.path().join("mnt");
-        std::fs::create_dir(&mount).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
-            .arg(&mount)
-            .status()
-            .ok()?;
-        status.success().then_some(Self { _root: root, mount })
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
-    }
-}
-
-fn euid() -> u32 {
-    // `id -u` keeps the test free of unsafe code (the workspace forbids it).
-    let out = Command::new("id").arg("-u").output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(u32::MAX)
-}
 
 /// Writes zeros to `path` until the file system says it is full.
 fn fill(path: &Path) {

@@ -114,16 +114,18 @@ fn first_start_creates_everything_and_a_clean_exit_removes_hub_json() {
 fn an_explicit_port_that_cannot_be_bound_is_an_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let tmp = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    // The hub makes its data dir owner-only (a temporary dir may not be).
+    let tmp = root.path().join("data");
     let err = serve(
         Path::new(BIN),
-        &["--data-dir", tmp.path().to_str().unwrap(), "--https-port", &port, "--mqtt-port", "0"],
+        &["--data-dir", tmp.to_str().unwrap(), "--https-port", &port, "--mqtt-port", "0"],
         None,
     )
     .err()
     .expect("serve must fail");
     assert!(err.contains(&port), "{err}");
-    assert!(!tmp.path().join("hub.json").exists());
+    assert!(!tmp.join("hub.json").exists());
 }
 
 #[test]

@@ -60,6 +60,7 @@ mod events;
 mod feedback;
 mod firmware;
 mod messaging;
+mod policies;
 mod sse;
 mod tls;
 mod watch;

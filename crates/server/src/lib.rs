@@ -91,6 +91,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         full_pass: opts.config_eval_interval.unwrap_or(DEFAULT_FULL_PASS),
         firmware_base_uri: firmware_base_uri(&host_names[0], https.port),
         rollout_step: Duration::from_secs(1),
+        firmware_limits: opts.firmware_limits,
     })
     .await?;
     let app = api::router(hub.clone())

@@ -24,4 +24,7 @@ pub struct ServeOptions {
     pub tls_key: Option<PathBuf>,
     /// Period of the configuration engine's full pass; `None` = 5 minutes.
     pub config_eval_interval: Option<std::time::Duration>,
+    /// The firmware image store's size limits, quota, concurrent uploads
+    /// and free-space reserve.
+    pub firmware_limits: crate::hub::firmware::FirmwareLimits,
 }

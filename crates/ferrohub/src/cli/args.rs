@@ -53,6 +53,9 @@ pub(crate) enum Command {
     /// Manage the hub's firmware images.
     #[command(subcommand)]
     Firmware(super::firmware::FirmwareCommand),
+    /// Shared access policies: list them, renew their keys.
+    #[command(subcommand)]
+    Policy(super::policy::PolicyCommand),
     /// Query device twins with the IoT Hub query language; prints every page.
     Query(super::query::QueryArgs),
     /// Run the device update agent: follow the desired firmware, download,
@@ -98,6 +101,22 @@ pub(crate) struct ServeArgs {
     /// reacts to every change at once) [default: 300].
     #[arg(long, value_name = "SECONDS", env = "FERROHUB_CONFIG_EVAL_INTERVAL", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) config_eval_interval: Option<u64>,
+    /// Largest firmware image accepted, in bytes (or with a KiB, MiB, GiB or
+    /// TiB suffix) [default: 4GiB].
+    #[arg(long, value_name = "BYTES", env = "FERROHUB_FIRMWARE_MAX_IMAGE_SIZE", value_parser = super::serve::parse_size)]
+    pub(crate) firmware_max_image_size: Option<u64>,
+    /// Most bytes all firmware images may take together; an upload that
+    /// would pass it is refused (403) [default: 64GiB].
+    #[arg(long, value_name = "BYTES", env = "FERROHUB_FIRMWARE_STORE_QUOTA", value_parser = super::serve::parse_size)]
+    pub(crate) firmware_store_quota: Option<u64>,
+    /// Most firmware uploads running at once; more are refused with 503 and
+    /// Retry-After [default: 4].
+    #[arg(long, value_name = "N", env = "FERROHUB_FIRMWARE_MAX_UPLOADS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) firmware_max_uploads: Option<u32>,
+    /// Free space a firmware upload must leave on the data dir's file
+    /// system; one that would leave less is refused (507) [default: 256MiB].
+    #[arg(long, value_name = "BYTES", env = "FERROHUB_FIRMWARE_FREE_SPACE_RESERVE", value_parser = super::serve::parse_size)]
+    pub(crate) firmware_free_space_reserve: Option<u64>,
 }
 
 /// Output formats, as az's `--output`.

@@ -6,7 +6,7 @@
 //! - [`progress`]: the live bars / plain lines of the `--watch` commands.
 //! - [`serve`], [`device_identity`], [`device_twin`], [`hub`],
 //!   [`invoke_method`], [`monitor_events`], [`c2d_message`],
-//!   [`configuration`], [`query`], [`firmware`], [`agent`], [`simulate`]:
+//!   [`configuration`], [`query`], [`firmware`], [`policy`], [`agent`], [`simulate`]:
 //!   the commands.
 
 pub(crate) mod agent;
@@ -24,6 +24,7 @@ pub(crate) mod hub;
 pub(crate) mod invoke_method;
 pub(crate) mod monitor_events;
 pub(crate) mod output;
+pub(crate) mod policy;
 pub(crate) mod progress;
 pub(crate) mod query;
 pub(crate) mod rollout;
@@ -112,6 +113,7 @@ async fn dispatch(command: Command) -> anyhow::Result<Outcome> {
         Command::C2dMessage(c) => c2d_message::run(c).await,
         Command::Configuration(c) => configuration::run(c).await,
         Command::Firmware(c) => firmware::run(c).await,
+        Command::Policy(c) => policy::run(c).await,
         Command::Query(a) => query::run(a).await,
         Command::Agent(a) => agent::run(a).await,
         Command::Simulate(a) => simulate::run(a).await,

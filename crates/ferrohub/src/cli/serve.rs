@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal as _;
 
+use ferrohub_server::hub::firmware::FirmwareLimits;
 use ferrohub_server::ServeOptions;
 use tracing_subscriber::EnvFilter;
 
@@ -19,7 +20,48 @@ pub(crate) fn options(args: ServeArgs) -> anyhow::Result<ServeOptions> {
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         config_eval_interval: args.config_eval_interval.map(std::time::Duration::from_secs),
+        firmware_limits: firmware_limits(
+            args.firmware_max_image_size,
+            args.firmware_store_quota,
+            args.firmware_max_uploads,
+            args.firmware_free_space_reserve,
+        ),
     })
+}
+
+/// The firmware store's limits: each flag given, else its default.
+fn firmware_limits(
+    max_image: Option<u64>,
+    quota: Option<u64>,
+    uploads: Option<u32>,
+    reserve: Option<u64>,
+) -> FirmwareLimits {
+    let d = FirmwareLimits::default();
+    FirmwareLimits {
+        max_image: max_image.unwrap_or(d.max_image),
+        quota: quota.unwrap_or(d.quota),
+        max_uploads: uploads.and_then(|n| usize::try_from(n).ok()).unwrap_or(d.max_uploads),
+        reserve: reserve.unwrap_or(d.reserve),
+    }
+}
+
+/// A byte count: digits, optionally followed by `K`/`KiB`, `M`/`MiB`,
+/// `G`/`GiB` or `T`/`TiB` (powers of 1024; case and a space before the
+/// unit do not matter).
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("'{text}' is not a byte count (e.g. 500MiB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "t" | "tib" => 40,
+        _ => return Err(format!("unknown unit in '{text}': use KiB, MiB, GiB or TiB")),
+    };
+    n.checked_mul(1 << shift).ok_or_else(|| format!("'{text}' is too large"))
 }
 
 /// Runs the hub until SIGINT/SIGTERM. Logs go to stderr (filter from
@@ -53,5 +95,25 @@ mod tests {
         if std::env::var_os("FERROHUB_MQTT_PORT").is_none() {
             assert_eq!(opts.mqtt_port, None);
         }
+    }
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("1500"), Ok(1500));
+        assert_eq!(parse_size("20MiB"), Ok(20 << 20));
+        assert_eq!(parse_size("4 GiB"), Ok(4 << 30));
+        assert_eq!(parse_size("3k"), Ok(3 << 10));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        for bad in ["", "MiB", "-1", "1.5GiB", "2PB", "99999999999999999999", "16777216TiB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unset_firmware_flags_keep_the_store_defaults() {
+        assert_eq!(firmware_limits(None, None, None, None), FirmwareLimits::default());
+        let set = firmware_limits(Some(1), Some(2), Some(3), Some(4));
+        assert_eq!(set, FirmwareLimits { max_image: 1, quota: 2, max_uploads: 3, reserve: 4 });
     }
 }

@@ -12,6 +12,7 @@
 //! other.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)] // each test crate uses a different part
 
+pub mod disk;
 pub mod mqtt;
 pub mod proxy;
 pub mod sim;

@@ -25,9 +25,11 @@ use ferrohub_core::{ErrorCode, HubError};
 use super::error::ApiError;
 use super::State;
 
-/// The permissions a route accepts (any one of them suffices).
+/// The permissions a route accepts: any one of them, or with `ALL` every
+/// one of them.
 pub(crate) trait Needs {
     const ANY_OF: &'static [Permission];
+    const ALL: bool = false;
 }
 
 macro_rules! needs {
@@ -52,6 +54,14 @@ needs! {
     ServiceOrRegistryRead => [ServiceConnect, RegistryRead];
 }
 
+/// Every permission (a policy like `iothubowner`): ferrohub's policy routes,
+/// whose answers carry keys that grant whatever their policy grants.
+pub(crate) enum Owner {}
+impl Needs for Owner {
+    const ANY_OF: &'static [Permission] = &Permission::ALL;
+    const ALL: bool = true;
+}
+
 /// An IoT Hub service route: a policy token holding one of `P`'s
 /// permissions whose `sr` covers the request's resource, a well-formed
 /// path, and an `api-version` IoT Hub has served. Holds the hub.
@@ -72,7 +82,7 @@ impl<P: Needs> FromRequestParts<State> for Service<P> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &State) -> Result<Self, Self::Rejection> {
-        authorize_service(parts, state, P::ANY_OF)?;
+        authorize_service::<P>(parts, state)?;
         check_api_version(parts.uri.query())?;
         Ok(Self { hub: state.clone(), needs: PhantomData })
     }
@@ -82,7 +92,7 @@ impl<P: Needs> FromRequestParts<State> for Own<P> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &State) -> Result<Self, Self::Rejection> {
-        authorize_service(parts, state, P::ANY_OF)?;
+        authorize_service::<P>(parts, state)?;
         Ok(Self { hub: state.clone(), needs: PhantomData })
     }
 }
@@ -119,12 +129,18 @@ impl FromRequestParts<State> for DeviceCall {
     }
 }
 
-fn authorize_service(parts: &Parts, hub: &State, needed: &[Permission]) -> Result<(), ApiError> {
+fn authorize_service<P: Needs>(parts: &Parts, hub: &State) -> Result<(), ApiError> {
     let header = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
     let path = RequestPath::of(parts.uri.path());
     let resources = path.resources();
     let resources: Vec<&str> = resources.iter().map(String::as_str).collect();
-    hub.auth.authorize_service(header, needed, &resources)?;
+    if P::ALL {
+        for p in P::ANY_OF {
+            hub.auth.authorize_service(header, std::slice::from_ref(p), &resources)?;
+        }
+    } else {
+        hub.auth.authorize_service(header, P::ANY_OF, &resources)?;
+    }
     path.decoded()?;
     Ok(())
 }

@@ -21,6 +21,7 @@ mod feedback;
 mod firmware;
 mod methods;
 mod paths;
+mod policies;
 pub(crate) mod properties;
 mod query;
 mod rollouts;
@@ -96,6 +97,8 @@ fn routes() -> Routes {
         .route("/firmware-rollouts/{id}/{action}", post(rollouts::act))
         .route("/statistics/devices", get(stats::devices))
         .route("/statistics/service", get(stats::service))
+        .route("/ferrohub/policies", get(policies::list))
+        .route("/ferrohub/policies/{name}/renewKey", post(policies::renew_key))
 }
 
 /// A router that remembers its route patterns.

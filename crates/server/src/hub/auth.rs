@@ -1,5 +1,7 @@
 //! SAS authorization of service API requests.
 
+use std::sync::{Arc, RwLock};
+
 use ferrohub_core::identity::{AuthenticationType, Device, DeviceStatus};
 use ferrohub_core::sas::{self, KeyLookup, Permission, SasToken, SharedAccessPolicy};
 use ferrohub_core::{ErrorCode, HubError, HubResult};
@@ -8,7 +10,10 @@ use crate::clock;
 
 /// Verifies tokens against the hub's policies and host names.
 pub struct Authorizer {
-    policies: Vec<SharedAccessPolicy>,
+    /// Swapped whole when a policy's keys are renewed, so a token signed
+    /// with a replaced key fails from the next request on; each check works
+    /// on the set it started with.
+    policies: RwLock<Arc<Vec<SharedAccessPolicy>>>,
     host_names: Vec<String>,
 }
 
@@ -33,7 +38,18 @@ impl KeyLookup for Keys<'_> {
 impl Authorizer {
     /// An authorizer for a hub known by `host_names`.
     pub fn new(policies: Vec<SharedAccessPolicy>, host_names: Vec<String>) -> Self {
-        Self { policies, host_names }
+        Self { policies: RwLock::new(Arc::new(policies)), host_names }
+    }
+
+    /// The policies tokens are checked against now.
+    pub fn policies(&self) -> Arc<Vec<SharedAccessPolicy>> {
+        // Each section is one pointer read or write: nothing half-done.
+        crate::sync::consistent(self.policies.read(), "policies").clone()
+    }
+
+    /// Replaces the policies for every check from now on.
+    pub fn replace_policies(&self, policies: Vec<SharedAccessPolicy>) {
+        *crate::sync::consistent(self.policies.write(), "policies") = Arc::new(policies);
     }
 
     /// Checks a token acting for `device` (the device's own key, or a policy
@@ -44,8 +60,9 @@ impl Authorizer {
             return Err(HubError::unauthorized("The device is disabled"));
         }
         let auth = &device.authentication;
+        let policies = self.policies();
         let keys = Keys {
-            policies: &self.policies,
+            policies: &policies,
             device: (auth.kind == AuthenticationType::Sas)
                 .then(|| (auth.symmetric_key.primary_key.clone(), auth.symmetric_key.secondary_key.clone())),
         };
@@ -81,7 +98,7 @@ impl Authorizer {
             clock::unix_seconds(),
             &self.host_names,
             resources,
-            &Keys { policies: &self.policies, device: None },
+            &Keys { policies: &self.policies(), device: None },
         )?;
         if needed.iter().any(|p| principal.has(*p)) {
             Ok(())
@@ -114,7 +131,7 @@ mod tests {
     }
 
     fn token(a: &Authorizer, policy: &str, host: &str, expiry: i64) -> String {
-        let p = a.policies.iter().find(|p| p.key_name == policy).unwrap();
+        let p = a.policies().iter().find(|p| p.key_name == policy).unwrap().clone();
         sas::generate_token(host, &p.primary_key, Some(policy), expiry).unwrap()
     }
 
@@ -134,7 +151,8 @@ mod tests {
     fn a_token_scoped_to_a_device_covers_only_that_device() {
         let a = hub();
         let later = clock::unix_seconds() + 3600;
-        let p = a.policies.iter().find(|p| p.key_name == "iothubowner").unwrap();
+        let policies = a.policies();
+        let p = policies.iter().find(|p| p.key_name == "iothubowner").unwrap();
         let scoped =
             sas::generate_token("localhost/devices/d1", &p.primary_key, Some("iothubowner"), later).unwrap();
         let ok = |r: &[&str]| a.authorize_service(Some(&scoped), &[Permission::ServiceConnect], r);
@@ -156,7 +174,7 @@ mod tests {
         let expired = token(&a, "iothubowner", "localhost", clock::unix_seconds() - 1);
         let other_hub = token(&a, "iothubowner", "other.example", later);
         let device_style =
-            sas::generate_token("localhost/devices/d1", &a.policies[0].primary_key, None, later).unwrap();
+            sas::generate_token("localhost/devices/d1", &a.policies()[0].primary_key, None, later).unwrap();
         let forged = token(&a, "iothubowner", "localhost", later).replace("se=", "se=1");
         for bad in [
             None,
@@ -170,5 +188,20 @@ mod tests {
             let e = a.authorize_service(bad, &[Permission::RegistryRead], &["/devices"]).unwrap_err();
             assert_eq!(e.code, ErrorCode::IotHubUnauthorizedAccess, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn replaced_policies_refuse_tokens_of_the_old_keys_at_once() {
+        let a = hub();
+        let later = clock::unix_seconds() + 3600;
+        let old = token(&a, "service", "localhost", later);
+        assert!(a.authorize_service(Some(&old), &[Permission::ServiceConnect], &["/devices"]).is_ok());
+        let mut renewed = a.policies().as_ref().clone();
+        renewed[1].primary_key = renewed[1].secondary_key.clone();
+        a.replace_policies(renewed);
+        let e = a.authorize_service(Some(&old), &[Permission::ServiceConnect], &["/devices"]).unwrap_err();
+        assert_eq!(e.code, ErrorCode::IotHubUnauthorizedAccess);
+        let new = token(&a, "service", "localhost", later);
+        assert!(a.authorize_service(Some(&new), &[Permission::ServiceConnect], &["/devices"]).is_ok());
     }
 }

@@ -54,6 +54,8 @@ pub struct HubConfig {
     pub firmware_base_uri: String,
     /// How often rollouts step.
     pub rollout_step: Duration,
+    /// What the firmware image store accepts.
+    pub firmware_limits: firmware::FirmwareLimits,
 }
 
 /// One hub node's core. Transports hold it in an `Arc`.
@@ -66,6 +68,8 @@ pub struct Hub {
     pub activity: Arc<activity::Activity>,
     /// SAS verification.
     pub auth: auth::Authorizer,
+    /// `policies.json`, written when a policy's keys are renewed.
+    pub policy_file: crate::policies::PolicyFile,
     /// Persistent sessions and the connect/disconnect bookkeeping.
     pub sessions: sessions::Sessions,
     /// Direct-method calls waiting for devices.
@@ -90,7 +94,7 @@ impl Hub {
         let presence = Arc::new(presence::Presence::default());
         let (registry, changes) = registry::Registry::new(config.store.clone(), presence.clone());
         let engine = configurations::Engine::start(registry.clone(), changes, config.full_pass).await?;
-        let firmware = Arc::new(firmware::FirmwareStore::open(&config.data_dir)?);
+        let firmware = Arc::new(firmware::FirmwareStore::open(&config.data_dir, config.firmware_limits)?);
         let rollouts = rollouts::Rollouts::start(
             &config.data_dir,
             registry.clone(),
@@ -116,6 +120,7 @@ impl Hub {
             registry,
             presence,
             auth: auth::Authorizer::new(config.policies, config.host_names),
+            policy_file: crate::policies::PolicyFile::new(&config.data_dir),
             methods: Default::default(),
             telemetry: Default::default(),
             engine,
