@@ -441,7 +441,7 @@ for p in json.load(open(sys.argv[1])):
 # Each benchmark scenario at a tiny size, for seconds: keeps them building and
 # working. Their numbers mean nothing here (debug build, tiny sizes); the
 # measured ones are in BENCHMARKS.md.
-BENCH_SCENARIOS=(probe connect reported rollout telemetry query startup)
+BENCH_SCENARIOS=(probe connect reported rollout telemetry query startup soak)
 bench_smoke() {
   local bench="$CARGO_TARGET_DIR/debug/ferrohub-bench" scenario
   for scenario in "${BENCH_SCENARIOS[@]}"; do

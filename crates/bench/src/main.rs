@@ -13,6 +13,7 @@ mod procfs;
 mod query;
 mod report;
 mod seed;
+mod soak;
 mod startup;
 
 // Load scenarios (connect, reported, rollout, telemetry) and their worker
@@ -85,6 +86,10 @@ enum Scenario {
     /// Device-to-cloud QoS 1 throughput through ferrohub and through
     /// Mosquitto, one consumer each.
     Telemetry(telemetry::TelemetryArgs),
+    /// Mixed load (connects, patches, telemetry, methods, C2D, queries,
+    /// configurations) for a long time: hub memory and files over time,
+    /// errors, latencies.
+    Soak(soak::SoakArgs),
     /// One load-generator process (spawned by the scenarios; JSON lines on
     /// stdin/stdout).
     #[command(hide = true)]
@@ -118,6 +123,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Reported(args) => reported::run(&args).await,
             Scenario::Rollout(args) => rollout::run(&args).await,
             Scenario::Telemetry(args) => telemetry::run(&args).await,
+            Scenario::Soak(args) => soak::run(&args).await,
             Scenario::Worker => worker::run().await,
             // Data scenarios.
             Scenario::Seed(args) => {
