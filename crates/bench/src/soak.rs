@@ -157,7 +157,7 @@ async fn back_end(s: ServiceClient, devices: usize, until: Instant, tally: Share
             .await
             .is_ok();
         record(&tally, "query (REST)", t, ok);
-        if n % 60 == 0 {
+        if n.is_multiple_of(60) {
             let t = Instant::now();
             let ok = configuration_cycle(&s, n).await.is_ok();
             record(&tally, "configuration create/update/delete", t, ok);
@@ -245,7 +245,7 @@ pub(crate) async fn run(args: &SoakArgs) -> anyhow::Result<()> {
     report.row("hub open files, first / last sample", format!("{} / {}", first["fds"], last["fds"]));
     let peak = samples.iter().filter_map(|s| s["rss_mib"].as_u64()).max().unwrap_or(0);
     report.row("hub RSS MiB, peak", peak);
-    let t = tally.lock().unwrap_or_else(|p| p.into_inner());
+    let t = std::mem::take(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()));
     for (op, h) in &t.latency {
         let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         report.row(
@@ -259,7 +259,6 @@ pub(crate) async fn run(args: &SoakArgs) -> anyhow::Result<()> {
         report.row(&format!("errors: {op}"), *n);
     }
     report.row("samples", serde_json::Value::Array(samples));
-    drop(t);
     report.finish(&args.common.out)?;
     hub.stop().await
 }
