@@ -146,7 +146,9 @@ impl<K> Default for Keyed<K> {
 }
 
 impl<K: Hash + Eq + Clone> Keyed<K> {
-    fn bucket(&mut self, key: &K, now: Duration) -> &mut Gcra {
+    /// `key`'s bucket (a full one if it had none), for callers that try a
+    /// copy first and store it back only if every other check passes.
+    pub fn bucket(&mut self, key: &K, now: Duration) -> &mut Gcra {
         if self.buckets.len() >= self.sweep_at {
             self.buckets.retain(|_, b| !b.is_idle(now));
             self.sweep_at = (self.buckets.len() * 2).max(1024);

@@ -24,4 +24,7 @@ pub struct ServeOptions {
     pub tls_key: Option<PathBuf>,
     /// Period of the configuration engine's full pass; `None` = 5 minutes.
     pub config_eval_interval: Option<std::time::Duration>,
+    /// IoT Hub's operation throttles (a tier's, with overrides); the
+    /// default is none.
+    pub quotas: ferrohub_core::throttle::Quotas,
 }

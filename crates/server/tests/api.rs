@@ -51,6 +51,7 @@ impl Api {
             full_pass: std::time::Duration::from_secs(3600),
             firmware_base_uri: "https://localhost".into(),
             rollout_step: std::time::Duration::from_secs(3600),
+            quotas: Default::default(),
         })
         .await
         .unwrap();

@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use ferrohub_core::identity::DeviceRequest;
 use ferrohub_core::sas::Permission;
+use ferrohub_core::throttle::Class;
 
 use super::body::JsonBody;
 use super::error::ApiResult;
@@ -20,6 +21,7 @@ pub(super) async fn list(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &[Permission::RegistryRead])?;
+    state.throttles.check(Class::Registry, 1)?;
     // Azure treats a missing or out-of-range `top` as 1000.
     let top = query.get("top").and_then(|t| t.parse::<i64>().ok());
     json(&state.registry.list_devices(top).await?)
@@ -31,6 +33,7 @@ pub(super) async fn get(
     IdPath(id): IdPath,
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &[Permission::RegistryRead])?;
+    state.throttles.check(Class::Registry, 1)?;
     json(&state.registry.get_device(&id).await?)
 }
 
@@ -42,6 +45,7 @@ pub(super) async fn put(
     JsonBody(req): JsonBody<DeviceRequest>,
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &[Permission::RegistryWrite])?;
+    state.throttles.check(Class::Registry, 1)?;
     let device = match if_match(&headers)? {
         IfMatch::Absent => state.registry.create_device(&id, req, None).await?,
         cond => state.registry.update_device(&id, req, &cond).await?,
@@ -55,6 +59,7 @@ pub(super) async fn delete(
     IdPath(id): IdPath,
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &[Permission::RegistryWrite])?;
+    state.throttles.check(Class::Registry, 1)?;
     // Every SDK sends If-Match on delete; a bare DELETE means "whatever it is".
     let cond = match if_match(&headers)? {
         IfMatch::Absent => IfMatch::Any,
@@ -72,6 +77,7 @@ pub(super) async fn bulk(
     JsonBody(items): JsonBody<Vec<ExportImportDevice>>,
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &[Permission::RegistryWrite])?;
+    state.throttles.check(Class::Registry, 1)?;
     let result = bulk::apply(&state.registry, items).await?;
     let mut response = json(&result)?;
     if !result.is_successful {

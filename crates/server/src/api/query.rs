@@ -6,6 +6,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
 use base64::Engine as _;
 use ferrohub_core::sas::Permission;
+use ferrohub_core::throttle::Class;
 use ferrohub_core::HubError;
 use serde::Deserialize;
 use serde_json::Value;
@@ -44,6 +45,7 @@ pub(super) async fn query(
     JsonBody(body): JsonBody<QueryBody>,
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &[Permission::ServiceConnect, Permission::RegistryRead])?;
+    state.throttles.check(Class::Query, 1)?;
     let parsed = ferrohub_query::parse_query(&body.query).map_err(|e| HubError::invalid(e.message))?;
     let page = headers
         .get("x-ms-max-item-count")
