@@ -62,19 +62,22 @@ async fn recent_events(hub: &TestHub, device: &str, n: usize) -> Vec<Value> {
     assert_eq!(res.status().as_u16(), 200);
     let mut text = String::new();
     let mut events = Vec::new();
-    while events.len() < n {
-        let chunk = tokio::time::timeout(STEP, res.chunk())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {n} events of {device} replayed", events.len()))
-            .unwrap()
-            .unwrap();
-        text.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = text.find("\n\n") {
-            let block: String = text.drain(..end + 2).collect();
-            if let Some(line) = block.lines().find(|l| l.starts_with("data:")) {
-                events.push(serde_json::from_str(line.trim_start_matches("data:").trim()).unwrap());
+    // One deadline for the whole replay: keep-alive comments would renew a
+    // per-chunk timeout forever.
+    let replay = async {
+        while events.len() < n {
+            let chunk = res.chunk().await.unwrap().unwrap();
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = text.find("\n\n") {
+                let block: String = text.drain(..end + 2).collect();
+                if let Some(line) = block.lines().find(|l| l.starts_with("data:")) {
+                    events.push(serde_json::from_str::<Value>(line.trim_start_matches("data:").trim()).unwrap());
+                }
             }
         }
+    };
+    if tokio::time::timeout(STEP, replay).await.is_err() {
+        panic!("fewer than {n} events of {device} replayed");
     }
     events
 }
