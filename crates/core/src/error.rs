@@ -211,7 +211,10 @@ impl HubError {
     pub fn throttled(what: &str, wait: std::time::Duration) -> Self {
         Self {
             code: ErrorCode::ThrottlingException,
-            message: format!("The {what} throttle of the hub is exceeded; retry after {} ms", wait.as_millis()),
+            message: format!(
+                "The {what} throttle of the hub is exceeded; retry after {} ms",
+                wait.as_millis()
+            ),
             retry_after: Some(wait),
         }
     }

@@ -361,8 +361,9 @@ impl Quotas {
 
     /// Applies an override `class=N/s`, `class=N/min` or `class=unlimited`.
     pub fn apply_override(&mut self, spec: &str) -> Result<(), String> {
-        let (class, value) =
-            spec.split_once('=').ok_or_else(|| format!("`{spec}`: expected CLASS=N/s, CLASS=N/min or CLASS=unlimited"))?;
+        let (class, value) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("`{spec}`: expected CLASS=N/s, CLASS=N/min or CLASS=unlimited"))?;
         let class: Class = class.trim().parse()?;
         let quota = match value.trim() {
             "unlimited" | "none" => None,

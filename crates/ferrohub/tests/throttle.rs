@@ -25,7 +25,13 @@ fn url(hub: &TestHub, path: &str) -> String {
     format!("https://localhost:{}{path}", hub.https_port())
 }
 
-async fn call(hub: &TestHub, method: Method, path: &str, auth: &str, body: Option<(&str, String)>) -> Response {
+async fn call(
+    hub: &TestHub,
+    method: Method,
+    path: &str,
+    auth: &str,
+    body: Option<(&str, String)>,
+) -> Response {
     let mut req = http(hub).request(method, url(hub, path)).header("authorization", auth);
     if let Some((content_type, body)) = body {
         req = req.header("content-type", content_type).body(body);
@@ -35,7 +41,8 @@ async fn call(hub: &TestHub, method: Method, path: &str, auth: &str, body: Optio
 
 /// `/statistics/service`'s count of operations `class` throttled.
 async fn throttled(hub: &TestHub, class: &str) -> u64 {
-    let res = call(hub, Method::GET, "/statistics/service?api-version=2021-04-12", &owner_token(hub), None).await;
+    let res =
+        call(hub, Method::GET, "/statistics/service?api-version=2021-04-12", &owner_token(hub), None).await;
     assert_eq!(res.status().as_u16(), 200);
     let stats: Value = res.json().await.unwrap();
     stats["throttles"][class]["throttled"].as_u64().unwrap_or_else(|| panic!("no {class} count in {stats}"))
@@ -58,7 +65,8 @@ async fn assert_throttled(res: Response) -> u64 {
 
 /// The `n` most recent events of `device` replayed by `/events`.
 async fn recent_events(hub: &TestHub, device: &str, n: usize) -> Vec<Value> {
-    let mut res = call(hub, Method::GET, &format!("/events?deviceId={device}&last={n}"), &owner_token(hub), None).await;
+    let mut res =
+        call(hub, Method::GET, &format!("/events?deviceId={device}&last={n}"), &owner_token(hub), None).await;
     assert_eq!(res.status().as_u16(), 200);
     let mut text = String::new();
     let mut events = Vec::new();
@@ -71,7 +79,9 @@ async fn recent_events(hub: &TestHub, device: &str, n: usize) -> Vec<Value> {
             while let Some(end) = text.find("\n\n") {
                 let block: String = text.drain(..end + 2).collect();
                 if let Some(line) = block.lines().find(|l| l.starts_with("data:")) {
-                    events.push(serde_json::from_str::<Value>(line.trim_start_matches("data:").trim()).unwrap());
+                    events.push(
+                        serde_json::from_str::<Value>(line.trim_start_matches("data:").trim()).unwrap(),
+                    );
                 }
             }
         }
@@ -125,8 +135,12 @@ async fn mqtt_twin_requests_over_the_rate_get_status_429() {
         }
     }
     for (rid, expect) in [("3", "204"), ("4", "429")] {
-        c.publish(&format!("$iothub/twin/PATCH/properties/reported/?$rid={rid}"), QoS::AtMostOnce, br#"{"a":1}"#)
-            .await;
+        c.publish(
+            &format!("$iothub/twin/PATCH/properties/reported/?$rid={rid}"),
+            QoS::AtMostOnce,
+            br#"{"a":1}"#,
+        )
+        .await;
         let (got, _) = status(c.next_publish().await.unwrap());
         assert_eq!(got, expect, "PATCH {rid}");
     }
@@ -141,7 +155,8 @@ async fn mqtt_telemetry_over_the_device_rate_is_paced_and_none_is_lost() {
     let (mut c, _) = RawMqtt::device(&hub, "fast", &key, true).await;
     // All at once, each with its own packet id, without waiting for acks.
     for i in 1..=SENT {
-        let mut p = Publish::new("devices/fast/messages/events/", QoS::AtLeastOnce, i.to_string().into_bytes());
+        let mut p =
+            Publish::new("devices/fast/messages/events/", QoS::AtLeastOnce, i.to_string().into_bytes());
         p.pkid = i;
         c.send(Packet::Publish(p)).await;
     }
@@ -169,7 +184,9 @@ async fn https_telemetry_over_the_rate_is_429_and_a_batch_is_refused_whole() {
     let auth = token("h", &key, now_unix() + 3600);
     let path = "/devices/h/messages/events?api-version=2021-04-12";
     let batch = r#"[{"body":"YQ=="},{"body":"Yg=="},{"body":"Yw=="}]"#;
-    let send_batch = || call(&hub, Method::POST, path, &auth, Some(("application/vnd.microsoft.iothub.json", batch.into())));
+    let send_batch = || {
+        call(&hub, Method::POST, path, &auth, Some(("application/vnd.microsoft.iothub.json", batch.into())))
+    };
     assert_eq!(send_batch().await.status().as_u16(), 204);
     // Two of five left: the next batch of three is refused, all of it.
     assert!(assert_throttled(send_batch().await).await > 5, "a 5/min bucket refills every 12 s");
@@ -206,8 +223,14 @@ async fn a_flooding_device_does_not_evict_a_quiet_devices_events() {
     let quiet = token("quiet", &create_device(&hub, "quiet").await, now_unix() + 3600);
     let noisy = token("noisy", &create_device(&hub, "noisy").await, now_unix() + 3600);
     for body in ["q1", "q2", "q3"] {
-        let res = call(&hub, Method::POST, "/devices/quiet/messages/events", &quiet, Some(("text/plain", body.into())))
-            .await;
+        let res = call(
+            &hub,
+            Method::POST,
+            "/devices/quiet/messages/events",
+            &quiet,
+            Some(("text/plain", body.into())),
+        )
+        .await;
         assert_eq!(res.status().as_u16(), 204);
     }
     // More than the whole buffer (10,000 events), in batches of 500.

@@ -72,9 +72,18 @@ mod tests {
         if std::env::var_os("FERROHUB_TIER").is_none() && std::env::var_os("FERROHUB_THROTTLE").is_none() {
             assert_eq!(parse(&[]).unwrap().quotas, Tier::Unlimited.quotas(1), "unlimited by default");
         }
-        let q = parse(&["--tier", "s3", "--units", "2", "--throttle", "twin-read=7/s", "--throttle", "query=unlimited"])
-            .unwrap()
-            .quotas;
+        let q = parse(&[
+            "--tier",
+            "s3",
+            "--units",
+            "2",
+            "--throttle",
+            "twin-read=7/s",
+            "--throttle",
+            "query=unlimited",
+        ])
+        .unwrap()
+        .quotas;
         assert_eq!(q.get(Class::TwinRead), Some(Quota::per_second(7)));
         assert_eq!(q.get(Class::Query), None);
         assert_eq!(q.get(Class::TwinUpdate), Some(Quota::per_second(500)));

@@ -22,8 +22,8 @@ use ferrohub_store::{LockedC2d, NewC2d, Settled, Store};
 use super::presence::{Outbound, Presence};
 use super::store_error::{store_error, Entity};
 use super::throttle::Throttles;
-use ferrohub_core::throttle::Class;
 use crate::clock;
+use ferrohub_core::throttle::Class;
 
 /// How often expired messages are swept into their feedback.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);

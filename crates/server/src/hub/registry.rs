@@ -19,8 +19,8 @@ use super::mint::{minted, new_key};
 use super::presence::{Outbound, Presence};
 use super::store_error::Entity;
 use super::throttle::Throttles;
-use ferrohub_core::throttle::Class;
 use crate::clock;
+use ferrohub_core::throttle::Class;
 use ferrohub_mqtt::topic::Subscription;
 
 /// Writes to one device are serialised by one of these locks (chosen by a

@@ -203,7 +203,11 @@ impl Telemetry {
     /// Accepts an event: keeps it for replay and hands it to live readers.
     pub fn push(&self, event: TelemetryEvent) {
         let event = Arc::new(event);
-        crate::sync::or_stop(self.recent.lock(), "telemetry buffer").push(event.clone(), MAX_EVENTS, MAX_BYTES);
+        crate::sync::or_stop(self.recent.lock(), "telemetry buffer").push(
+            event.clone(),
+            MAX_EVENTS,
+            MAX_BYTES,
+        );
         // No live reader is fine.
         let _ = self.live.send(event);
     }

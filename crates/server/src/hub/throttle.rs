@@ -73,7 +73,8 @@ impl Throttles {
         let Some(quota) = self.quotas.get(class) else { return Ok(()) };
         let now = self.now();
         // Each section is one bucket update.
-        let result = crate::sync::consistent(self.hub.lock(), "throttles")[index(class)].admit(quota, now, cost);
+        let result =
+            crate::sync::consistent(self.hub.lock(), "throttles")[index(class)].admit(quota, now, cost);
         result.map_err(|wait| {
             self.count(class);
             HubError::throttled(class.name(), wait)
@@ -147,7 +148,11 @@ impl Throttles {
         });
         let wait = device_wait.max(hub_wait);
         if !wait.is_zero() {
-            self.count(if hub_wait > device_wait { Class::DeviceToCloud } else { Class::DeviceToCloudPerDevice });
+            self.count(if hub_wait > device_wait {
+                Class::DeviceToCloud
+            } else {
+                Class::DeviceToCloudPerDevice
+            });
         }
         wait
     }

@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use ferrohub_core::throttle::Class;
 use ferrohub_mqtt::frame::{read_packet, write_packet, MAX_PACKET, MAX_PACKET_BEFORE_AUTH};
 use ferrohub_mqtt::session::{Accepted, Action, Close, Input, Session};
 use ferrohub_mqtt::v4::{ConnAck, ConnectReturnCode, Packet};
-use ferrohub_core::throttle::Class;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument as _;
