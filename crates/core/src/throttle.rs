@@ -197,13 +197,17 @@ pub enum Class {
     Method,
     /// Cloud-to-device sends.
     CloudToDevice,
+    /// Cloud-to-device receives of HTTPS devices.
+    CloudToDeviceReceive,
+    /// Configuration operations (create, update, list, delete).
+    Configuration,
     /// New device connections.
     Connect,
 }
 
 impl Class {
     /// Every class, in a fixed order.
-    pub const ALL: [Class; 9] = [
+    pub const ALL: [Class; 11] = [
         Class::DeviceToCloud,
         Class::DeviceToCloudPerDevice,
         Class::TwinRead,
@@ -212,6 +216,8 @@ impl Class {
         Class::Query,
         Class::Method,
         Class::CloudToDevice,
+        Class::CloudToDeviceReceive,
+        Class::Configuration,
         Class::Connect,
     ];
 
@@ -226,6 +232,8 @@ impl Class {
             Self::Query => "query",
             Self::Method => "method",
             Self::CloudToDevice => "c2d",
+            Self::CloudToDeviceReceive => "c2d-receive",
+            Self::Configuration => "configuration",
             Self::Connect => "connect",
         }
     }
@@ -309,6 +317,8 @@ impl Tier {
                 set(&mut q, Class::Connect, sec((12 * u).max(100)));
                 set(&mut q, Class::DeviceToCloud, sec((12 * u).max(100)));
                 set(&mut q, Class::CloudToDevice, min(100 * u));
+                set(&mut q, Class::CloudToDeviceReceive, min(1000 * u));
+                set(&mut q, Class::Configuration, min(20 * u));
                 // 160 KB/s/unit in 4 KB steps.
                 set(&mut q, Class::Method, sec(40 * u));
                 set(&mut q, Class::Query, min(20 * u));
@@ -320,6 +330,8 @@ impl Tier {
                 set(&mut q, Class::Connect, sec(120 * u));
                 set(&mut q, Class::DeviceToCloud, sec(120 * u));
                 set(&mut q, Class::CloudToDevice, min(100 * u));
+                set(&mut q, Class::CloudToDeviceReceive, min(1000 * u));
+                set(&mut q, Class::Configuration, min(20 * u));
                 // 480 KB/s/unit.
                 set(&mut q, Class::Method, sec(120 * u));
                 set(&mut q, Class::Query, min(20 * u));
@@ -331,6 +343,8 @@ impl Tier {
                 set(&mut q, Class::Connect, sec(6000 * u));
                 set(&mut q, Class::DeviceToCloud, sec(6000 * u));
                 set(&mut q, Class::CloudToDevice, min(5000 * u));
+                set(&mut q, Class::CloudToDeviceReceive, min(50_000 * u));
+                set(&mut q, Class::Configuration, min(20 * u));
                 // 24 MB/s/unit.
                 set(&mut q, Class::Method, sec(6000 * u));
                 set(&mut q, Class::Query, min(1000 * u));
@@ -488,6 +502,9 @@ mod tests {
         let s3 = Tier::S3.quotas(1);
         assert_eq!(s3.get(Class::Registry), Some(Quota::per_minute(5000)));
         assert_eq!(s3.get(Class::TwinUpdate), Some(Quota::per_second(250)));
+        assert_eq!(s3.get(Class::CloudToDeviceReceive), Some(Quota::per_minute(50_000)));
+        assert_eq!(s3.get(Class::Configuration), Some(Quota::per_minute(20)));
+        assert_eq!(s1.get(Class::CloudToDeviceReceive), Some(Quota::per_minute(2000)));
         assert_eq!(Tier::Unlimited.quotas(3), Quotas::default());
     }
 

@@ -253,3 +253,19 @@ async fn a_flooding_device_does_not_evict_a_quiet_devices_events() {
     // And the noisy one's most recent events are there too.
     assert_eq!(recent_events(&hub, "noisy", 1).await[0]["body"], "noise");
 }
+
+#[tokio::test]
+async fn https_c2d_receives_and_configuration_calls_have_their_own_throttles() {
+    let hub = TestHub::start_with(&["--throttle", "c2d-receive=1/min", "--throttle", "configuration=1/min"]);
+    let key = create_device(&hub, "r").await;
+    let device = token("r", &key, now_unix() + 3600);
+    let path = "/devices/r/messages/deviceBound?api-version=2021-04-12";
+    // Nothing queued: 204, then the bucket is empty.
+    assert_eq!(call(&hub, Method::GET, path, &device, None).await.status().as_u16(), 204);
+    assert!(assert_throttled(call(&hub, Method::GET, path, &device, None).await).await > 30);
+    let owner = owner_token(&hub);
+    let list = "/configurations?api-version=2021-04-12";
+    assert_eq!(call(&hub, Method::GET, list, &owner, None).await.status().as_u16(), 200);
+    assert_throttled(call(&hub, Method::GET, list, &owner, None).await).await;
+    assert_eq!((throttled(&hub, "c2d-receive").await, throttled(&hub, "configuration").await), (1, 1));
+}

@@ -108,7 +108,8 @@ pub(crate) struct ServeArgs {
     /// Overrides one throttle, e.g. `twin-read=10/s`, `registry=100/min`,
     /// `d2c-device=5/s`, `query=unlimited` (repeatable; the environment
     /// takes a comma-separated list). Classes: d2c, d2c-device, twin-read,
-    /// twin-update, registry, query, method (4 KB steps), c2d, connect.
+    /// twin-update, registry, query, method (4 KB steps), c2d, c2d-receive,
+    /// configuration, connect.
     #[arg(long = "throttle", env = "FERROHUB_THROTTLE", value_name = "CLASS=RATE", value_delimiter = ',')]
     pub(crate) throttles: Vec<String>,
 }

@@ -7,6 +7,7 @@ use axum::extract::{Query, State as AxState};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use ferrohub_core::sas::Permission;
+use ferrohub_core::throttle::Class;
 use serde_json::Value;
 
 use super::body::JsonBody;
@@ -30,6 +31,7 @@ pub(super) async fn list(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &[Permission::ServiceConnect])?;
+    state.throttles.check(Class::Configuration, 1)?;
     let top = query.get("top").and_then(|t| t.parse::<i64>().ok());
     json(&state.engine.list(top))
 }
@@ -42,6 +44,7 @@ pub(super) async fn put(
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &[Permission::ServiceConnect])?;
+    state.throttles.check(Class::Configuration, 1)?;
     let cond = if_match(&headers)?;
     json(&state.engine.put(&id, &body, &cond).await?)
 }
@@ -52,6 +55,7 @@ pub(super) async fn delete(
     IdPath(id): IdPath,
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &[Permission::ServiceConnect])?;
+    state.throttles.check(Class::Configuration, 1)?;
     let cond = match if_match(&headers)? {
         IfMatch::Absent => IfMatch::Any,
         c => c,

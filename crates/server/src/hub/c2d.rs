@@ -126,6 +126,7 @@ impl CloudToDevice {
 
     /// An HTTPS receive: the oldest available message, locked for a minute.
     pub async fn receive(&self, device_id: &str) -> HubResult<Option<Locked>> {
+        self.throttles.check(Class::CloudToDeviceReceive, 1)?;
         let locked = self
             .store
             .receive_c2d(device_id, &new_token(), now_ms())
