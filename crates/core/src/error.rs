@@ -208,12 +208,33 @@ pub struct HubError {
     pub code: ErrorCode,
     /// A message for the caller.
     pub message: String,
+    /// When the caller may try again (a throttle's refusal); HTTP sends it
+    /// as `Retry-After`.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl HubError {
     /// An error with the given code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self { code, message: message.into(), retry_after: None }
+    }
+
+    /// 429 ThrottlingException: over the `what` rate, try again after `wait`.
+    pub fn throttled(what: &str, wait: std::time::Duration) -> Self {
+        Self {
+            code: ErrorCode::ThrottlingException,
+            message: format!(
+                "The {what} throttle of the hub is exceeded; retry after {} ms",
+                wait.as_millis()
+            ),
+            retry_after: Some(wait),
+        }
+    }
+
+    /// The `Retry-After` value in whole seconds, rounded up (at least 1):
+    /// a client that waits that long finds the bucket refilled.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after.map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)).map(|s| s.max(1))
     }
 
     /// 400 ArgumentInvalid.
@@ -307,5 +328,14 @@ mod tests {
         let names: std::collections::HashSet<_> = all.iter().map(|c| c.name()).collect();
         let numbers: std::collections::HashSet<_> = all.iter().map(|c| c.numeric()).collect();
         assert_eq!((names.len(), numbers.len()), (all.len(), all.len()), "names and codes are unique");
+    }
+
+    #[test]
+    fn a_throttle_refusal_is_429_with_a_retry_after_rounded_up() {
+        let e = HubError::throttled("twin-read", std::time::Duration::from_millis(1200));
+        assert_eq!((e.code.http_status(), e.code.numeric()), (429, 429001));
+        assert_eq!(e.retry_after_secs(), Some(2));
+        assert_eq!(HubError::throttled("x", std::time::Duration::ZERO).retry_after_secs(), Some(1));
+        assert_eq!(HubError::invalid("x").retry_after_secs(), None);
     }
 }

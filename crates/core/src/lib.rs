@@ -12,6 +12,7 @@
 //! - [`precondition`]: `If-Match` etag preconditions.
 //! - [`sas`]: shared access signature tokens, policies and permissions.
 //! - [`connection_string`]: IoT Hub connection strings.
+//! - [`throttle`]: IoT Hub's operation throttles as rate limits (time passed in).
 //! - [`time`]: timestamps in IoT Hub's text form.
 
 pub mod c2d;
@@ -24,6 +25,7 @@ pub mod message;
 pub mod precondition;
 pub mod rollout;
 pub mod sas;
+pub mod throttle;
 pub mod time;
 pub mod twin;
 

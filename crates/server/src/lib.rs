@@ -89,6 +89,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         policies: policies.clone(),
         host_names: auth_names,
         full_pass: opts.config_eval_interval.unwrap_or(DEFAULT_FULL_PASS),
+        quotas: opts.quotas,
         firmware_base_uri: firmware_base_uri(&host_names[0], https.port),
         rollout_step: Duration::from_secs(1),
         firmware_limits: opts.firmware_limits,

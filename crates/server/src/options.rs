@@ -27,4 +27,7 @@ pub struct ServeOptions {
     /// The firmware image store's size limits, quota, concurrent uploads
     /// and free-space reserve.
     pub firmware_limits: crate::hub::firmware::FirmwareLimits,
+    /// IoT Hub's operation throttles (a tier's, with overrides); the
+    /// default is none.
+    pub quotas: ferrohub_core::throttle::Quotas,
 }

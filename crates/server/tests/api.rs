@@ -52,6 +52,7 @@ impl Api {
             firmware_base_uri: "https://localhost".into(),
             rollout_step: std::time::Duration::from_secs(3600),
             firmware_limits: Default::default(),
+            quotas: Default::default(),
         })
         .await
         .unwrap();

@@ -117,6 +117,24 @@ pub(crate) struct ServeArgs {
     /// system; one that would leave less is refused (507) [default: 256MiB].
     #[arg(long, value_name = "BYTES", env = "FERROHUB_FIRMWARE_FREE_SPACE_RESERVE", value_parser = super::serve::parse_size)]
     pub(crate) firmware_free_space_reserve: Option<u64>,
+    /// IoT Hub tier whose operation throttles to enforce: unlimited, free,
+    /// s1, s2 or s3 (b1–b3 as s1–s3) [default: unlimited].
+    #[arg(long, env = "FERROHUB_TIER", value_name = "TIER", default_value = "unlimited", value_parser = parse_tier)]
+    pub(crate) tier: ferrohub_core::throttle::Tier,
+    /// Units of --tier (IoT Hub scales most throttles by them).
+    #[arg(long, env = "FERROHUB_UNITS", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=200))]
+    pub(crate) units: u32,
+    /// Overrides one throttle, e.g. `twin-read=10/s`, `registry=100/min`,
+    /// `d2c-device=5/s`, `query=unlimited` (repeatable; the environment
+    /// takes a comma-separated list). Classes: d2c, d2c-device, twin-read,
+    /// twin-update, registry, query, method (4 KB steps), c2d, c2d-receive,
+    /// configuration, connect.
+    #[arg(long = "throttle", env = "FERROHUB_THROTTLE", value_name = "CLASS=RATE", value_delimiter = ',')]
+    pub(crate) throttles: Vec<String>,
+}
+
+fn parse_tier(s: &str) -> Result<ferrohub_core::throttle::Tier, String> {
+    s.parse()
 }
 
 /// Output formats, as az's `--output`.

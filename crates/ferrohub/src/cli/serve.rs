@@ -11,6 +11,10 @@ use super::context;
 
 /// The server's options from the command line.
 pub(crate) fn options(args: ServeArgs) -> anyhow::Result<ServeOptions> {
+    let mut quotas = args.tier.quotas(args.units);
+    for spec in &args.throttles {
+        quotas.apply_override(spec).map_err(|e| anyhow::anyhow!("--throttle {e}"))?;
+    }
     Ok(ServeOptions {
         data_dir: context::data_dir(args.data_dir.as_deref())?,
         host_names: args.host_names,
@@ -26,6 +30,7 @@ pub(crate) fn options(args: ServeArgs) -> anyhow::Result<ServeOptions> {
             args.firmware_max_uploads,
             args.firmware_free_space_reserve,
         ),
+        quotas,
     })
 }
 
@@ -115,5 +120,36 @@ mod tests {
         assert_eq!(firmware_limits(None, None, None, None), FirmwareLimits::default());
         let set = firmware_limits(Some(1), Some(2), Some(3), Some(4));
         assert_eq!(set, FirmwareLimits { max_image: 1, quota: 2, max_uploads: 3, reserve: 4 });
+    }
+
+    #[test]
+    fn a_tier_and_overrides_become_the_hubs_quotas() {
+        use ferrohub_core::throttle::{Class, Quota, Tier};
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["ferrohub", "serve", "--data-dir", "d"];
+            argv.extend_from_slice(extra);
+            let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else { panic!() };
+            options(args)
+        };
+        if std::env::var_os("FERROHUB_TIER").is_none() && std::env::var_os("FERROHUB_THROTTLE").is_none() {
+            assert_eq!(parse(&[]).unwrap().quotas, Tier::Unlimited.quotas(1), "unlimited by default");
+        }
+        let q = parse(&[
+            "--tier",
+            "s3",
+            "--units",
+            "2",
+            "--throttle",
+            "twin-read=7/s",
+            "--throttle",
+            "query=unlimited",
+        ])
+        .unwrap()
+        .quotas;
+        assert_eq!(q.get(Class::TwinRead), Some(Quota::per_second(7)));
+        assert_eq!(q.get(Class::Query), None);
+        assert_eq!(q.get(Class::TwinUpdate), Some(Quota::per_second(500)));
+        assert!(parse(&["--throttle", "twin-read=fast"]).is_err());
+        assert!(Cli::try_parse_from(["ferrohub", "serve", "--tier", "s9"]).is_err());
     }
 }

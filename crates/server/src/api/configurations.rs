@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use ferrohub_core::throttle::Class;
 use serde_json::Value;
 
 use super::auth::{Own, Service, ServiceConnect};
@@ -26,6 +27,7 @@ pub(super) async fn list(
     Service { hub: state, .. }: Service<ServiceConnect>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
+    state.throttles.check(Class::Configuration, 1)?;
     let top = query.get("top").and_then(|t| t.parse::<i64>().ok());
     json(&state.engine.list(top))
 }
@@ -37,6 +39,7 @@ pub(super) async fn put(
     IdPath(id): IdPath,
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<Response> {
+    state.throttles.check(Class::Configuration, 1)?;
     let cond = if_match(&headers)?;
     json(&state.engine.put(&id, &body, &cond).await?)
 }
@@ -46,6 +49,7 @@ pub(super) async fn delete(
     headers: HeaderMap,
     IdPath(id): IdPath,
 ) -> ApiResult<Response> {
+    state.throttles.check(Class::Configuration, 1)?;
     let cond = match if_match(&headers)? {
         IfMatch::Absent => IfMatch::Any,
         c => c,

@@ -6,6 +6,7 @@ use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use ferrohub_core::identity::DeviceRequest;
+use ferrohub_core::throttle::Class;
 
 use super::auth::{RegistryRead, RegistryWrite, Service};
 use super::body::JsonBody;
@@ -18,6 +19,7 @@ pub(super) async fn list(
     Service { hub: state, .. }: Service<RegistryRead>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
+    state.throttles.check(Class::Registry, 1)?;
     // Azure treats a missing or out-of-range `top` as 1000.
     let top = query.get("top").and_then(|t| t.parse::<i64>().ok());
     json(&state.registry.list_devices(top).await?)
@@ -27,6 +29,7 @@ pub(super) async fn get(
     Service { hub: state, .. }: Service<RegistryRead>,
     IdPath(id): IdPath,
 ) -> ApiResult<Response> {
+    state.throttles.check(Class::Registry, 1)?;
     json(&state.registry.get_device(&id).await?)
 }
 
@@ -37,6 +40,7 @@ pub(super) async fn put(
     IdPath(id): IdPath,
     JsonBody(req): JsonBody<DeviceRequest>,
 ) -> ApiResult<Response> {
+    state.throttles.check(Class::Registry, 1)?;
     let device = match if_match(&headers)? {
         IfMatch::Absent => state.registry.create_device(&id, req, None).await?,
         cond => state.registry.update_device(&id, req, &cond).await?,
@@ -49,6 +53,7 @@ pub(super) async fn delete(
     headers: HeaderMap,
     IdPath(id): IdPath,
 ) -> ApiResult<Response> {
+    state.throttles.check(Class::Registry, 1)?;
     // Every SDK sends If-Match on delete; a bare DELETE means "whatever it is".
     let cond = match if_match(&headers)? {
         IfMatch::Absent => IfMatch::Any,
@@ -64,6 +69,7 @@ pub(super) async fn bulk(
     Service { hub: state, .. }: Service<RegistryWrite>,
     JsonBody(items): JsonBody<Vec<ExportImportDevice>>,
 ) -> ApiResult<Response> {
+    state.throttles.check(Class::Registry, 1)?;
     let result = bulk::apply(&state.registry, items).await?;
     let mut response = json(&result)?;
     if !result.is_successful {

@@ -43,6 +43,11 @@ impl IntoResponse for ApiError {
         if let Ok(v) = HeaderValue::from_str(e.code.name()) {
             response.headers_mut().insert("iothub-errorcode", v);
         }
+        // A throttle's refusal says when to come back; SDKs retry 429 with
+        // their own back-off, and a plain client can wait exactly this.
+        if let Some(secs) = e.retry_after_secs() {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response
     }
 }

@@ -4,6 +4,7 @@
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
 use base64::Engine as _;
+use ferrohub_core::throttle::Class;
 use ferrohub_core::HubError;
 use serde::Deserialize;
 use serde_json::Value;
@@ -42,6 +43,7 @@ pub(super) async fn query(
     headers: HeaderMap,
     JsonBody(body): JsonBody<QueryBody>,
 ) -> ApiResult<Response> {
+    state.throttles.check(Class::Query, 1)?;
     let parsed = ferrohub_query::parse_query(&body.query).map_err(|e| HubError::invalid(e.message))?;
     let page = headers
         .get("x-ms-max-item-count")

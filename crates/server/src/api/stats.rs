@@ -23,5 +23,19 @@ pub(super) async fn service(
 ) -> ApiResult<Response> {
     // The live connections of this node, whatever their transport (one
     // node today; several nodes will sum theirs).
-    Ok(json_response(&json!({ "connectedDeviceCount": state.presence.connected_count() })))
+    // `throttles` is a ferrohub addition (SDKs read only the count): each
+    // class's limit and how many operations it refused or delayed.
+    let throttles: serde_json::Map<String, serde_json::Value> = state
+        .throttles
+        .stats()
+        .into_iter()
+        .map(|t| {
+            let limit = t.limit.map(|q| q.to_string());
+            (t.class.name().to_owned(), json!({ "limit": limit, "throttled": t.throttled }))
+        })
+        .collect();
+    Ok(json_response(&json!({
+        "connectedDeviceCount": state.presence.connected_count(),
+        "throttles": throttles,
+    })))
 }

@@ -178,7 +178,7 @@ async fn apply_one(registry: &Registry, item: &ExportImportDevice, mode: Mode) -
             let cond =
                 if mode == Mode::UpdateTwin { IfMatch::Any } else { etag_precondition(&item.twin_etag)? };
             let patch = twin_patch(item).unwrap_or_else(|| json!({}));
-            registry.patch_twin(&item.id, &patch, &cond).await?;
+            registry.patch_twin_unmetered(&item.id, &patch, &cond).await?;
         }
     }
     Ok(())

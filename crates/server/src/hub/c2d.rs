@@ -21,7 +21,9 @@ use ferrohub_store::{LockedC2d, NewC2d, Settled, Store};
 
 use super::presence::{Outbound, Presence};
 use super::store_error::{store_error, Entity};
+use super::throttle::Throttles;
 use crate::clock;
+use ferrohub_core::throttle::Class;
 
 /// How often expired messages are swept into their feedback.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -54,6 +56,8 @@ pub struct FeedbackBatch {
 pub struct CloudToDevice {
     store: Arc<dyn Store>,
     presence: Arc<Presence>,
+    /// The cloud-to-device send throttle.
+    throttles: Arc<Throttles>,
 }
 
 fn now_ms() -> i64 {
@@ -68,7 +72,11 @@ impl CloudToDevice {
     /// The queues over `store`; connection locks left by a previous process
     /// are dropped (connections do not outlive it), and a task sweeps
     /// expired messages into their feedback.
-    pub(crate) async fn open(store: Arc<dyn Store>, presence: Arc<Presence>) -> anyhow::Result<Arc<Self>> {
+    pub(crate) async fn open(
+        store: Arc<dyn Store>,
+        presence: Arc<Presence>,
+        throttles: Arc<Throttles>,
+    ) -> anyhow::Result<Arc<Self>> {
         let released = store
             .release_all_c2d_connection_locks()
             .await
@@ -76,7 +84,7 @@ impl CloudToDevice {
         if released > 0 {
             tracing::info!(released, "cloud-to-device messages held by old connections are queued again");
         }
-        let this = Arc::new(Self { store, presence });
+        let this = Arc::new(Self { store, presence, throttles });
         let weak = Arc::downgrade(&this);
         tokio::spawn(async move {
             let mut timer = tokio::time::interval(SWEEP_EVERY);
@@ -94,6 +102,7 @@ impl CloudToDevice {
     /// Queues a message for a device (403004 when 50 are already waiting)
     /// and tells its connection, if any.
     pub async fn send(&self, device_id: &str, message: &CloudToDeviceMessage, ack: AckMode) -> HubResult<()> {
+        self.throttles.check(Class::CloudToDevice, 1)?;
         let text = serde_json::to_string(message).map_err(|e| HubError::internal(e.to_string()))?;
         let new = NewC2d {
             message_id: message.message_id.clone(),
@@ -117,6 +126,7 @@ impl CloudToDevice {
 
     /// An HTTPS receive: the oldest available message, locked for a minute.
     pub async fn receive(&self, device_id: &str) -> HubResult<Option<Locked>> {
+        self.throttles.check(Class::CloudToDeviceReceive, 1)?;
         let locked = self
             .store
             .receive_c2d(device_id, &new_token(), now_ms())

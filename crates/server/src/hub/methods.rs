@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,6 +11,8 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::presence::{Delivery, Outbound, Presence};
+use super::throttle::Throttles;
+use ferrohub_core::throttle::{method_cost, Class};
 use ferrohub_mqtt::topic::Subscription;
 
 /// A device's answer: its status and payload (any JSON, or null).
@@ -27,6 +29,8 @@ pub struct MethodReply {
 pub struct PendingMethods {
     waiting: Mutex<HashMap<(String, String), oneshot::Sender<MethodReply>>>,
     next_rid: AtomicU64,
+    /// The direct-method throttle, metered in 4 KB steps of payload.
+    throttles: Arc<Throttles>,
 }
 
 /// Azure's bounds on the two timeouts of a method call, in seconds.
@@ -39,6 +43,11 @@ fn not_online(device_id: &str) -> HubError {
 }
 
 impl PendingMethods {
+    /// No calls yet; each call is checked against `throttles`.
+    pub fn new(throttles: Arc<Throttles>) -> Self {
+        Self { throttles, ..Self::default() }
+    }
+
     /// Delivers a device's reply; false if nobody waits for it (late or
     /// unknown rid).
     pub fn complete(&self, device_id: &str, rid: &str, reply: MethodReply) -> bool {
@@ -63,12 +72,14 @@ impl PendingMethods {
         response_timeout: Duration,
         connect_timeout: Duration,
     ) -> HubResult<MethodReply> {
+        let body = Bytes::from(payload.to_string());
+        self.throttles.check(Class::Method, method_cost(body.len()))?;
         let rid = format!("{:x}", self.next_rid.fetch_add(1, Ordering::Relaxed) + 1);
         let (tx, rx) = oneshot::channel();
         let key = (device_id.to_owned(), rid.clone());
         self.lock().insert(key.clone(), tx);
         let result =
-            self.call(presence, device_id, name, &rid, payload, rx, response_timeout, connect_timeout).await;
+            self.call(presence, device_id, name, &rid, body, rx, response_timeout, connect_timeout).await;
         self.lock().remove(&key);
         result
     }
@@ -80,12 +91,11 @@ impl PendingMethods {
         device_id: &str,
         name: &str,
         rid: &str,
-        payload: &Value,
+        body: Bytes,
         rx: oneshot::Receiver<MethodReply>,
         response_timeout: Duration,
         connect_timeout: Duration,
     ) -> HubResult<MethodReply> {
-        let body = Bytes::from(payload.to_string());
         let deadline = tokio::time::Instant::now() + connect_timeout;
         loop {
             // Register interest before looking, so a connect in between is

@@ -4,7 +4,8 @@
 //! [`Hub`] owns identities and twins ([`registry`]), live connections and
 //! sessions ([`presence`], [`sessions`]), direct methods ([`methods`]),
 //! cloud-to-device queues ([`c2d`]), telemetry ([`telemetry`]), the
-//! configuration engine ([`configurations`]), firmware and rollouts. The
+//! configuration engine ([`configurations`]), firmware and rollouts, and
+//! IoT Hub's operation throttles ([`throttle`]). The
 //! transports — the REST API (`crate::api`), the MQTT endpoint
 //! (`crate::mqtt`), and later AMQP — hold an `Arc<Hub>`, translate their
 //! wire format into calls on it, and depend on nothing of one another. No
@@ -28,6 +29,7 @@ pub mod rollouts;
 pub mod sessions;
 pub(crate) mod store_error;
 pub mod telemetry;
+pub mod throttle;
 pub(crate) mod twin_index;
 
 use std::path::PathBuf;
@@ -56,6 +58,8 @@ pub struct HubConfig {
     pub rollout_step: Duration,
     /// What the firmware image store accepts.
     pub firmware_limits: firmware::FirmwareLimits,
+    /// The throttles' limits (default: none).
+    pub quotas: ferrohub_core::throttle::Quotas,
 }
 
 /// One hub node's core. Transports hold it in an `Arc`.
@@ -84,6 +88,8 @@ pub struct Hub {
     pub firmware: Arc<firmware::FirmwareStore>,
     /// Staged firmware rollouts.
     pub rollouts: Arc<rollouts::Rollouts>,
+    /// IoT Hub's operation throttles and how often each refused.
+    pub throttles: Arc<throttle::Throttles>,
 }
 
 impl Hub {
@@ -92,7 +98,9 @@ impl Hub {
     /// connected when the hub last stopped is recorded disconnected.
     pub async fn open(config: HubConfig) -> anyhow::Result<Arc<Self>> {
         let presence = Arc::new(presence::Presence::default());
+        let throttles = Arc::new(throttle::Throttles::new(config.quotas));
         let (registry, changes) = registry::Registry::new(config.store.clone(), presence.clone());
+        let registry = registry.with_throttles(throttles.clone());
         let engine = configurations::Engine::start(registry.clone(), changes, config.full_pass).await?;
         let firmware = Arc::new(firmware::FirmwareStore::open(&config.data_dir, config.firmware_limits)?);
         let rollouts = rollouts::Rollouts::start(
@@ -104,7 +112,7 @@ impl Hub {
             config.rollout_step,
         )
         .await?;
-        let c2d = c2d::CloudToDevice::open(config.store.clone(), presence.clone()).await?;
+        let c2d = c2d::CloudToDevice::open(config.store.clone(), presence.clone(), throttles.clone()).await?;
         let activity = Arc::new(activity::Activity::new(registry.clone()));
         let sessions = sessions::Sessions::new(
             config.store,
@@ -121,11 +129,12 @@ impl Hub {
             presence,
             auth: auth::Authorizer::new(config.policies, config.host_names),
             policy_file: crate::policies::PolicyFile::new(&config.data_dir),
-            methods: Default::default(),
-            telemetry: Default::default(),
+            methods: methods::PendingMethods::new(throttles.clone()),
+            telemetry: telemetry::Telemetry::new(throttles.clone()),
             engine,
             firmware,
             rollouts,
+            throttles,
         }))
     }
 }

@@ -18,7 +18,9 @@ use serde_json::Value;
 use super::mint::{minted, new_key};
 use super::presence::{Outbound, Presence};
 use super::store_error::Entity;
+use super::throttle::Throttles;
 use crate::clock;
+use ferrohub_core::throttle::Class;
 use ferrohub_mqtt::topic::Subscription;
 
 /// Writes to one device are serialised by one of these locks (chosen by a
@@ -65,6 +67,9 @@ pub struct Registry {
     changes: tokio::sync::mpsc::UnboundedSender<DeviceChanged>,
     /// Every twin's query document, kept current by every write here.
     index: Arc<super::twin_index::TwinIndex>,
+    /// The twin read and update throttles, checked by the functions the
+    /// transports call (not by the hub's own writes: engine, rollouts, bulk).
+    throttles: Arc<Throttles>,
 }
 
 /// A committed change to a device that may alter which configurations
@@ -86,7 +91,13 @@ impl Registry {
     pub fn new(store: Arc<dyn Store>, presence: Arc<Presence>) -> (Self, ChangeFeed) {
         let stripes = Arc::new((0..STRIPES).map(|_| Stripe::default()).collect());
         let (changes, feed) = tokio::sync::mpsc::unbounded_channel();
-        (Self { store, presence, stripes, changes, index: Arc::default() }, feed)
+        (Self { store, presence, stripes, changes, index: Arc::default(), throttles: Arc::default() }, feed)
+    }
+
+    /// The same registry, checking twin reads and updates against `throttles`.
+    pub fn with_throttles(mut self, throttles: Arc<Throttles>) -> Self {
+        self.throttles = throttles;
+        self
     }
 
     /// The in-memory query documents.
@@ -251,17 +262,32 @@ impl Registry {
 
     /// The twin as REST returns it.
     pub async fn get_twin(&self, device_id: &str) -> HubResult<Value> {
+        self.throttles.check(Class::TwinRead, 1)?;
         let r = self.load(device_id).await?;
         Ok(r.twin.to_json(&r.device))
     }
 
     /// `PATCH /twins/{id}`: merges tags and desired properties.
     pub async fn patch_twin(&self, device_id: &str, body: &Value, if_match: &IfMatch) -> HubResult<Value> {
+        self.throttles.check(Class::TwinUpdate, 1)?;
+        self.patch_twin_unmetered(device_id, body, if_match).await
+    }
+
+    /// [`patch_twin`](Self::patch_twin) for the hub's own writes (rollouts,
+    /// a bulk request's twins), which no twin throttle meters: a bulk
+    /// request is one registry operation.
+    pub(crate) async fn patch_twin_unmetered(
+        &self,
+        device_id: &str,
+        body: &Value,
+        if_match: &IfMatch,
+    ) -> HubResult<Value> {
         self.change_twin(device_id, if_match, |twin, now| twin.apply_service_patch(body, now)).await
     }
 
     /// `PUT /twins/{id}`: replaces tags and desired properties.
     pub async fn replace_twin(&self, device_id: &str, body: &Value, if_match: &IfMatch) -> HubResult<Value> {
+        self.throttles.check(Class::TwinUpdate, 1)?;
         self.change_twin(device_id, if_match, |twin, now| twin.replace(body, now)).await
     }
 
@@ -309,12 +335,14 @@ impl Registry {
 
     /// A device's own view of its twin (MQTT `$iothub/twin/GET`).
     pub async fn device_twin(&self, device_id: &str) -> HubResult<Value> {
+        self.throttles.check(Class::TwinRead, 1)?;
         Ok(self.load(device_id).await?.twin.to_device_json())
     }
 
     /// A device's reported-properties patch; returns the new reported
     /// `$version` once the change is durably stored.
     pub async fn patch_reported(&self, device_id: &str, patch: &Value) -> HubResult<i64> {
+        self.throttles.check(Class::TwinUpdate, 1)?;
         let record = self
             .modify(device_id, |record| Ok(record.twin.apply_reported_patch(patch, clock::now())?.changed))
             .await?;

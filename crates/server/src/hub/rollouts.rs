@@ -348,7 +348,7 @@ impl Rollouts {
     }
 
     async fn patch_tags(&self, device_id: &str, patch: &Value) -> HubResult<()> {
-        match self.registry.patch_twin(device_id, patch, &IfMatch::Any).await {
+        match self.registry.patch_twin_unmetered(device_id, patch, &IfMatch::Any).await {
             Err(e) if e.code != ErrorCode::DeviceNotFound => Err(e),
             _ => Ok(()),
         }

@@ -247,7 +247,7 @@ mod tests {
             Arc::new(ferrohub_store::SqliteStore::open(&dir.path().join("hub.db")).unwrap());
         let presence = Arc::new(Presence::default());
         let (registry, _changes) = Registry::new(store.clone(), presence.clone());
-        let c2d = CloudToDevice::open(store.clone(), presence.clone()).await.unwrap();
+        let c2d = CloudToDevice::open(store.clone(), presence.clone(), Arc::default()).await.unwrap();
         registry.create_device("d", DeviceRequest::default(), None).await.unwrap();
         let activity = Arc::new(Activity::new(registry.clone()));
         let sessions = Sessions::new(store, registry.clone(), presence.clone(), c2d, activity);

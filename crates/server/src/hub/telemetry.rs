@@ -1,22 +1,32 @@
-//! Device-to-cloud telemetry: a bounded in-memory buffer plus live fan-out.
+//! Device-to-cloud telemetry: admission against the telemetry throttles,
+//! a bounded in-memory buffer, and live fan-out.
 //!
 //! Decision: telemetry is not persisted yet (a durable stream comes later).
-//! The buffer keeps the most recent events within a count and a byte budget
-//! so `GET /events?last=N` can replay recent history; readers that fall
+//! The buffer keeps recent events within a count and a byte budget so
+//! `GET /events?last=N` can replay recent history; readers that fall
 //! behind the live channel skip ahead rather than hold memory.
+//!
+//! The buffer is fair (docs/decisions.md, "Telemetry buffer fairness"):
+//! when it is over a budget, the oldest event of the device holding the
+//! most (events, or bytes for the byte budget) goes, so a device that
+//! floods evicts only its own history while any other device holds less.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ferrohub_core::message::render_body;
 use ferrohub_core::time::Timestamp;
+use ferrohub_core::HubResult;
 use ferrohub_mqtt::bag::MessageProperties;
 use serde_json::{json, Map, Value};
 use tokio::sync::broadcast;
 
+use super::throttle::Throttles;
+
 /// Most events kept for replay.
-const MAX_EVENTS: usize = 10_000;
+pub const MAX_EVENTS: usize = 10_000;
 /// Most payload bytes kept for replay.
 const MAX_BYTES: usize = 64 * 1024 * 1024;
 /// How far a live reader may fall behind before it skips (pointers to
@@ -75,33 +85,129 @@ impl TelemetryEvent {
     }
 }
 
-/// The hub's telemetry buffer.
+/// One device's buffered events, oldest first, with their arrival numbers.
+#[derive(Default)]
+struct DeviceEvents {
+    events: VecDeque<(u64, Arc<TelemetryEvent>)>,
+    bytes: usize,
+}
+
+/// The replay buffer: events per device, and each device's share indexed
+/// so the largest is found at once.
+#[derive(Default)]
+struct Buffer {
+    next: u64,
+    devices: HashMap<Arc<str>, DeviceEvents>,
+    by_count: BTreeSet<(usize, Arc<str>)>,
+    by_bytes: BTreeSet<(usize, Arc<str>)>,
+    events: usize,
+    bytes: usize,
+}
+
+impl Buffer {
+    /// Runs `change` on a device's events, keeping the indexes and totals
+    /// right; a device left with nothing is forgotten.
+    fn change(&mut self, id: &Arc<str>, change: impl FnOnce(&mut DeviceEvents)) {
+        let d = self.devices.entry(id.clone()).or_default();
+        let (count, bytes) = (d.events.len(), d.bytes);
+        self.by_count.remove(&(count, id.clone()));
+        self.by_bytes.remove(&(bytes, id.clone()));
+        change(d);
+        let (new_count, new_bytes) = (d.events.len(), d.bytes);
+        self.events = self.events + new_count - count;
+        self.bytes = self.bytes + new_bytes - bytes;
+        if new_count == 0 {
+            self.devices.remove(id);
+        } else {
+            self.by_count.insert((new_count, id.clone()));
+            self.by_bytes.insert((new_bytes, id.clone()));
+        }
+    }
+
+    fn push(&mut self, event: Arc<TelemetryEvent>, max_events: usize, max_bytes: usize) {
+        let id: Arc<str> = match self.devices.get_key_value(event.device_id.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(event.device_id.as_str()),
+        };
+        let seq = self.next;
+        self.next += 1;
+        self.change(&id, |d| {
+            d.bytes += event.body.len();
+            d.events.push_back((seq, event));
+        });
+        loop {
+            let largest = if self.events > max_events {
+                self.by_count.last()
+            } else if self.bytes > max_bytes {
+                self.by_bytes.last()
+            } else {
+                break;
+            };
+            let Some((_, victim)) = largest.cloned() else { break };
+            self.change(&victim, |d| {
+                if let Some((_, old)) = d.events.pop_front() {
+                    d.bytes -= old.body.len();
+                }
+            });
+        }
+    }
+
+    /// The last `last` events (of one device, if given), oldest first.
+    fn recent(&self, device_id: Option<&str>, last: usize) -> Vec<Arc<TelemetryEvent>> {
+        let mut picked: Vec<(u64, Arc<TelemetryEvent>)> = match device_id {
+            Some(id) => self
+                .devices
+                .get(id)
+                .map(|d| d.events.iter().rev().take(last).cloned().collect())
+                .unwrap_or_default(),
+            None => self.devices.values().flat_map(|d| d.events.iter().cloned()).collect(),
+        };
+        picked.sort_unstable_by_key(|(seq, _)| *seq);
+        let skip = picked.len().saturating_sub(last);
+        picked.into_iter().skip(skip).map(|(_, e)| e).collect()
+    }
+}
+
+/// The hub's telemetry: admission, the replay buffer and the live channel.
 pub struct Telemetry {
-    recent: Mutex<(VecDeque<Arc<TelemetryEvent>>, usize)>,
+    throttles: Arc<Throttles>,
+    recent: Mutex<Buffer>,
     live: broadcast::Sender<Arc<TelemetryEvent>>,
 }
 
 impl Default for Telemetry {
     fn default() -> Self {
-        Self { recent: Mutex::new((VecDeque::new(), 0)), live: broadcast::channel(LIVE_BACKLOG).0 }
+        Self::new(Arc::default())
     }
 }
 
 impl Telemetry {
+    /// Telemetry admitted against `throttles`' telemetry rates.
+    pub fn new(throttles: Arc<Throttles>) -> Self {
+        Self { throttles, recent: Mutex::default(), live: broadcast::channel(LIVE_BACKLOG).0 }
+    }
+
+    /// Admits `count` messages a device sends in one request (HTTPS),
+    /// or refuses them all with 429 ThrottlingException and a retry-after.
+    pub fn admit(&self, device_id: &str, count: usize) -> HubResult<()> {
+        self.throttles.admit_telemetry(device_id, u32::try_from(count).unwrap_or(u32::MAX))
+    }
+
+    /// How long to hold one MQTT message (and so its PUBACK) before
+    /// [`push`](Self::push)ing it: MQTT telemetry over the rate is paced by
+    /// back-pressure, never dropped.
+    pub fn pace(&self, device_id: &str) -> Duration {
+        self.throttles.pace_telemetry(device_id)
+    }
+
     /// Accepts an event: keeps it for replay and hands it to live readers.
     pub fn push(&self, event: TelemetryEvent) {
         let event = Arc::new(event);
-        {
-            let mut guard = crate::sync::or_stop(self.recent.lock(), "telemetry buffer");
-            let (events, bytes) = &mut *guard;
-            *bytes += event.body.len();
-            events.push_back(event.clone());
-            while events.len() > MAX_EVENTS || *bytes > MAX_BYTES {
-                if let Some(old) = events.pop_front() {
-                    *bytes -= old.body.len();
-                }
-            }
-        }
+        crate::sync::or_stop(self.recent.lock(), "telemetry buffer").push(
+            event.clone(),
+            MAX_EVENTS,
+            MAX_BYTES,
+        );
         // No live reader is fine.
         let _ = self.live.send(event);
     }
@@ -117,16 +223,7 @@ impl Telemetry {
         // Subscribing under the lock means no event falls between the
         // replay and the live stream.
         let live = self.live.subscribe();
-        let mut replay: Vec<_> = guard
-            .0
-            .iter()
-            .rev()
-            .filter(|e| device_id.is_none_or(|d| e.device_id == d))
-            .take(last)
-            .cloned()
-            .collect();
-        replay.reverse();
-        (replay, live)
+        (guard.recent(device_id, last), live)
     }
 }
 
@@ -155,6 +252,45 @@ mod tests {
         assert_eq!(replay.iter().map(|e| e.body.len()).collect::<Vec<_>>(), [2, 4]);
         t.push(event("a", 9));
         assert_eq!(live.recv().await.unwrap().body.len(), 9);
+    }
+
+    fn ids(events: &[Arc<TelemetryEvent>]) -> String {
+        events.iter().map(|e| e.device_id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_flooding_device_evicts_only_its_own_events() {
+        let mut b = Buffer::default();
+        for d in ["q", "r", "n", "q"] {
+            b.push(Arc::new(event(d, 1)), 10, usize::MAX);
+        }
+        for _ in 0..100 {
+            b.push(Arc::new(event("n", 1)), 10, usize::MAX);
+        }
+        // q's two and r's one survive, n keeps the rest, in arrival order.
+        assert_eq!(ids(&b.recent(None, usize::MAX)), "qrqnnnnnnn");
+        assert_eq!(b.events, 10);
+        // With everyone equal, the oldest of a largest device goes.
+        for _ in 0..20 {
+            b.push(Arc::new(event("r", 1)), 10, usize::MAX);
+        }
+        let kept = ids(&b.recent(None, usize::MAX));
+        assert_eq!((kept.matches('q').count(), kept.len()), (2, 10), "{kept}");
+        assert_eq!(ids(&b.recent(Some("q"), 1)), "q");
+    }
+
+    #[test]
+    fn the_byte_budget_evicts_from_the_device_holding_the_most_bytes() {
+        let mut b = Buffer::default();
+        b.push(Arc::new(event("small", 10)), usize::MAX, 100);
+        for _ in 0..5 {
+            b.push(Arc::new(event("big", 40)), usize::MAX, 100);
+        }
+        assert_eq!(ids(&b.recent(None, usize::MAX)), "smallbigbig");
+        assert!(b.bytes <= 100);
+        // Totals and indexes agree after evictions.
+        assert_eq!(b.bytes, b.devices.values().map(|d| d.bytes).sum::<usize>());
+        assert_eq!(b.by_count.len(), b.devices.len());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use ferrohub_core::throttle::Class;
 use ferrohub_mqtt::frame::{read_packet, write_packet, MAX_PACKET, MAX_PACKET_BEFORE_AUTH};
 use ferrohub_mqtt::session::{Accepted, Action, Close, Input, Session};
 use ferrohub_mqtt::v4::{ConnAck, ConnectReturnCode, Packet};
@@ -110,6 +111,16 @@ pub(crate) async fn serve(state: Arc<Hub>, mut transport: Transport, client_cert
             return;
         }
     };
+    // Throttle: beyond the hub's rate of new connections, CONNACK 3 (server
+    // unavailable), which SDKs retry; counted after authentication, so
+    // clients without credentials cannot use up the devices' rate.
+    if let Err(e) = state.throttles.check(Class::Connect, 1) {
+        tracing::debug!(%e, device_id = %who.device_id, "connect throttled");
+        let refused = ConnAck::new(ConnectReturnCode::ServiceUnavailable, false);
+        let _ = send(&mut transport, &Packet::ConnAck(refused)).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, transport.shutdown()).await;
+        return;
+    }
     let span = tracing::info_span!("device", device_id = %who.device_id);
     async move {
         match Link::start(state, transport, buf, connect, who).await {
@@ -208,6 +219,18 @@ impl Link {
         }
     }
 
+    /// Holds a paced telemetry message for `wait` (a kick still ends the
+    /// connection). The hub is the one not reading meanwhile, so the hold
+    /// does not count against the device's keep-alive.
+    async fn hold(&mut self, wait: Duration) -> Result<(), End> {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = self.conn.kicked() => return Err(End::Kicked),
+        }
+        self.session.bytes_received(Instant::now());
+        Ok(())
+    }
+
     /// Runs the connection to its end. The end is recorded before the
     /// close, which may wait on a device that stopped reading (bounded for
     /// that reason); should this task panic instead, `conn`'s drop records it.
@@ -300,9 +323,16 @@ impl Link {
             }
             Action::Close(c) => return Err(c.into()),
             Action::Telemetry { properties, payload } => {
+                // Throttle: over the telemetry rate the message, and with
+                // it its PUBACK (the session's next action), waits.
+                let wait = self.state.telemetry.pace(device_id);
+                if !wait.is_zero() {
+                    self.hold(wait).await?;
+                }
                 // Copy: the payload is a view into the connection's read buffer.
                 let body = Bytes::copy_from_slice(&payload);
-                let event = TelemetryEvent::from_device(device_id, properties, body, clock::now());
+                let event =
+                    TelemetryEvent::from_device(self.session.device_id(), properties, body, clock::now());
                 self.state.telemetry.push(event);
                 None
             }

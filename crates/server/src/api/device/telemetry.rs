@@ -34,11 +34,13 @@ pub(crate) async fn send_event(
         .await
         .map_err(|e| e.into_api(format!("A device-to-cloud message is at most {MAX_TELEMETRY} bytes")))?;
     // Everything is parsed before anything is pushed: a bad batch sends nothing.
-    let messages = if is_batch(&headers) {
+    let messages: Vec<_> = if is_batch(&headers) {
         properties::parse_batch(&body)?.into_iter().map(|(p, b)| (p, Bytes::from(b))).collect()
     } else {
         vec![(properties::from_headers(&headers)?, body)]
     };
+    // A batch is admitted whole or refused whole (429 with Retry-After).
+    hub.telemetry.admit(&id, messages.len())?;
     let now = clock::now();
     for (props, body) in messages {
         hub.telemetry.push(TelemetryEvent::from_device(&id, props, body, now));
