@@ -10,6 +10,10 @@
 //! subscriptions hold, packet ids and the C2D window are the session's
 //! decisions; write timeouts, kicks during writes and the close are this
 //! loop's. Protocol violations close this one connection and nothing else.
+//! When the connection ends, the loop tells the session how ([`Ending`];
+//! for a kick it asks the registry whether the device was disabled or
+//! deleted) and publishes the will if the session returns it, through the
+//! same telemetry action as a PUBLISH.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -17,7 +21,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ferrohub_mqtt::frame::{read_packet, write_packet, MAX_PACKET, MAX_PACKET_BEFORE_AUTH};
-use ferrohub_mqtt::session::{Accepted, Action, Close, Input, Session};
+use ferrohub_core::identity::DeviceStatus;
+use ferrohub_core::ErrorCode;
+use ferrohub_mqtt::session::{Accepted, Action, Close, Ending, Input, Kick, Session};
 use ferrohub_mqtt::v4::{ConnAck, ConnectReturnCode, Packet};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -137,7 +143,7 @@ async fn read_connect(
             Ok(None) => {}
             Err(e) => return Err(e.connack_code()),
         }
-        match transport.read(buf).await {
+        match transport.read(buf, super::transport::BEFORE_AUTH).await {
             Ok(0) | Err(_) => return Err(None),
             Ok(_) => {}
         }
@@ -170,10 +176,12 @@ impl Link {
         state: Arc<Hub>,
         transport: Transport,
         buf: BytesMut,
-        connect: ferrohub_mqtt::v4::Connect,
+        mut connect: ferrohub_mqtt::v4::Connect,
         who: super::auth::Authenticated,
     ) -> Result<(Self, Vec<Action>), End> {
         let device_id = who.device_id;
+        let will = connect.last_will.take();
+        let will_topic = will.as_ref().map(|w| w.topic.clone());
         let mut conn = state.sessions.connect(&device_id, !connect.clean_session).await?;
         let rx = conn.take_outbound().ok_or_else(|| violation("outbound queue taken"))?;
         let session_present = conn.session_present();
@@ -186,10 +194,14 @@ impl Link {
             token_lifetime,
             subscriptions: conn.subscriptions(),
             session_present,
+            will,
         };
         let now = Instant::now();
         let (session, first) = Session::accept(accepted, now);
         tracing::info!(device_id = session.device_id(), session_present, "device connected");
+        if let Some(topic) = will_topic.filter(|_| !session.has_will()) {
+            tracing::info!(%topic, "will ignored: not the device's telemetry topic");
+        }
         Ok((Self { state, transport, buf, conn, session, rx }, first))
     }
 
@@ -216,6 +228,12 @@ impl Link {
             Ok(()) => self.run_loop().await,
             Err(end) => end,
         };
+        let ending = ending(&self.state, self.session.device_id(), &end).await;
+        if let Some(will) = self.session.end(ending) {
+            tracing::info!("publishing the will");
+            // Only a telemetry action comes back, which cannot fail.
+            let _ = self.act(will).await;
+        }
         let Self { conn, mut transport, .. } = self;
         conn.close().await;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, transport.shutdown()).await;
@@ -229,7 +247,9 @@ impl Link {
                 biased;
                 _ = self.conn.kicked() => Input::Kicked,
                 _ = sleep_until(deadline) => Input::Tick,
-                read = self.transport.read(&mut self.buf) => {
+                // The WebSocket layer caps each message; the framing caps
+                // each packet.
+                read = self.transport.read(&mut self.buf, usize::MAX) => {
                     match read {
                         Ok(0) => return End::Closed,
                         Err(e) => return End::Io(e),
@@ -342,6 +362,31 @@ impl Link {
                 None
             }
         })
+    }
+}
+
+/// How the session ended, for the will: the session's own closes as they
+/// were, a kick with its reason, everything else a lost connection.
+async fn ending(state: &Hub, device_id: &str, end: &End) -> Ending {
+    match end {
+        End::Disconnect => Ending::Closed(Close::Disconnect),
+        End::KeepAlive => Ending::Closed(Close::KeepAlive),
+        End::TokenExpired => Ending::Closed(Close::TokenExpired),
+        End::Violation(what) => Ending::Closed(Close::Violation(what.clone())),
+        End::Kicked => Ending::Kicked(kick_reason(state, device_id).await),
+        End::Closed | End::SlowConsumer | End::Hub(_) | End::Io(_) => Ending::Lost,
+    }
+}
+
+/// Presence does not say why it kicked, but the registry commits a disable
+/// or delete before kicking: a device that is gone or disabled now was
+/// revoked; anything else (a takeover, a slow consumer, a store failure on
+/// this lookup) is not.
+async fn kick_reason(state: &Hub, device_id: &str) -> Kick {
+    match state.registry.get_device(device_id).await {
+        Err(e) if e.code == ErrorCode::DeviceNotFound => Kick::Revoked,
+        Ok(d) if d.status == DeviceStatus::Disabled => Kick::Revoked,
+        _ => Kick::Other,
     }
 }
 

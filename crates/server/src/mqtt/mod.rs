@@ -24,6 +24,17 @@ use transport::Transport;
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The largest WebSocket frame and message, either way: one whole MQTT
+/// packet after authentication (remaining length up to
+/// [`ferrohub_mqtt::MAX_PACKET`] plus a fixed header of at most 5 bytes).
+/// The SDKs send each packet as one message. The limits are fixed at the
+/// upgrade, so before CONNACK the connection loop applies the smaller cap
+/// itself (`transport::BEFORE_AUTH`).
+const WS_MAX_MESSAGE: usize = ferrohub_mqtt::MAX_PACKET + 5;
+/// The WebSocket read buffer's size, allocated per connection (the
+/// library's default is 128 KiB); larger frames grow it while they arrive.
+const WS_READ_BUFFER: usize = 8 * 1024;
+
 /// The route the HTTPS listener serves MQTT over WebSockets on; merged
 /// into the HTTPS router by `serve`, so the REST API never names MQTT.
 pub(crate) fn websocket_routes(hub: Arc<Hub>) -> axum::Router {
@@ -81,6 +92,13 @@ async fn websocket(
     let cert = cert.and_then(|axum::Extension(c)| c.0).map(|c| c.as_ref().clone());
     ws.protocols(["mqtt"])
         .accept_unmasked_frames(true)
-        .max_message_size(ferrohub_mqtt::MAX_PACKET * 2)
+        .read_buffer_size(WS_READ_BUFFER)
+        .max_frame_size(WS_MAX_MESSAGE)
+        .max_message_size(WS_MAX_MESSAGE)
+        // Each packet is written and flushed on its own, so nothing needs
+        // to gather; the bound (one frame and its header) is what a write
+        // the device does not read can hold.
+        .write_buffer_size(0)
+        .max_write_buffer_size(WS_MAX_MESSAGE + 14)
         .on_upgrade(move |socket| connection::serve(state, Transport::Ws(Box::new(socket)), cert))
 }
