@@ -109,7 +109,10 @@ pub(crate) async fn serve(state: Arc<Hub>, mut transport: Transport, client_cert
         }
     };
     let who = match super::auth::authenticate(&state, &connect, client_cert.as_deref()).await {
-        Ok(who) => who,
+        Ok(who) => {
+            transport.authenticated();
+            who
+        }
         Err(code) => {
             let _ = send(&mut transport, &Packet::ConnAck(ConnAck::new(code, false))).await;
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, transport.shutdown()).await;
@@ -143,7 +146,7 @@ async fn read_connect(
             Ok(None) => {}
             Err(e) => return Err(e.connack_code()),
         }
-        match transport.read(buf, super::transport::BEFORE_AUTH).await {
+        match transport.read(buf).await {
             Ok(0) | Err(_) => return Err(None),
             Ok(_) => {}
         }
@@ -247,9 +250,7 @@ impl Link {
                 biased;
                 _ = self.conn.kicked() => Input::Kicked,
                 _ = sleep_until(deadline) => Input::Tick,
-                // The WebSocket layer caps each message; the framing caps
-                // each packet.
-                read = self.transport.read(&mut self.buf, usize::MAX) => {
+                read = self.transport.read(&mut self.buf) => {
                     match read {
                         Ok(0) => return End::Closed,
                         Err(e) => return End::Io(e),

@@ -11,10 +11,10 @@ mod auth;
 mod c2d;
 mod connection;
 mod transport;
+mod websocket;
 
 use std::sync::Arc;
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State as AxState;
 use axum::response::Response;
 
@@ -23,17 +23,6 @@ use transport::Transport;
 
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The largest WebSocket frame and message, either way: one whole MQTT
-/// packet after authentication (remaining length up to
-/// [`ferrohub_mqtt::MAX_PACKET`] plus a fixed header of at most 5 bytes).
-/// The SDKs send each packet as one message. The limits are fixed at the
-/// upgrade, so before CONNACK the connection loop applies the smaller cap
-/// itself (`transport::BEFORE_AUTH`).
-const WS_MAX_MESSAGE: usize = ferrohub_mqtt::MAX_PACKET + 5;
-/// The WebSocket read buffer's size, allocated per connection (the
-/// library's default is 128 KiB); larger frames grow it while they arrive.
-const WS_READ_BUFFER: usize = 8 * 1024;
 
 /// The route the HTTPS listener serves MQTT over WebSockets on; merged
 /// into the HTTPS router by `serve`, so the REST API never names MQTT.
@@ -80,25 +69,27 @@ pub(crate) async fn accept_loop(
 /// `GET /$iothub/websocket`: MQTT over WebSockets. The `mqtt` subprotocol is
 /// echoed (the Node SDK fails without it). A client certificate presented to
 /// the HTTPS listener authenticates `selfSigned` devices here as on 8883.
-/// Unmasked client frames are
-/// accepted because paho (the Python SDK) answers pings and closes with
-/// them; the hub itself never pings over the WebSocket, MQTT keep-alive does
-/// that job.
+/// The hub never pings over the WebSocket; MQTT keep-alive does that job.
+/// See `websocket` for the limits and why the upgrade is done there.
 async fn websocket(
     AxState(state): AxState<Arc<Hub>>,
     cert: Option<axum::Extension<crate::client_cert::PeerCertificate>>,
-    ws: WebSocketUpgrade,
+    mut req: axum::extract::Request,
 ) -> Response {
     let cert = cert.and_then(|axum::Extension(c)| c.0).map(|c| c.as_ref().clone());
-    ws.protocols(["mqtt"])
-        .accept_unmasked_frames(true)
-        .read_buffer_size(WS_READ_BUFFER)
-        .max_frame_size(WS_MAX_MESSAGE)
-        .max_message_size(WS_MAX_MESSAGE)
-        // Each packet is written and flushed on its own, so nothing needs
-        // to gather; the bound (one frame and its header) is what a write
-        // the device does not read can hold.
-        .write_buffer_size(0)
-        .max_write_buffer_size(WS_MAX_MESSAGE + 14)
-        .on_upgrade(move |socket| connection::serve(state, Transport::Ws(Box::new(socket)), cert))
+    let accept = match websocket::accept(req.headers()) {
+        Ok(a) => a,
+        Err(refused) => return refused,
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let socket = websocket::socket(upgraded).await;
+                connection::serve(state, Transport::Ws(Box::new(socket)), cert).await;
+            }
+            Err(e) => tracing::debug!(%e, "WebSocket upgrade failed"),
+        }
+    });
+    accept.response()
 }

@@ -4,36 +4,39 @@
 
 use std::io;
 
-use axum::extract::ws::{Message, WebSocket};
 use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::websocket::{self, Socket};
 
 /// How much free room a read needs; the buffer grows past this only while a
 /// large packet is arriving, and is dropped again when idle.
 const READ_CHUNK: usize = 2048;
 
-/// What the read buffer may hold before CONNACK: the largest CONNECT the
-/// framing takes ([`ferrohub_mqtt::MAX_PACKET_BEFORE_AUTH`] plus a fixed
-/// header of at most 5 bytes). Over TLS the framing enforces it as the
-/// length field arrives; a WebSocket message arrives whole, so a message
-/// that would take the buffer past it closes the connection.
-pub(crate) const BEFORE_AUTH: usize = ferrohub_mqtt::MAX_PACKET_BEFORE_AUTH + 5;
-
 /// One device connection's stream.
 pub(crate) enum Transport {
     /// MQTT over TLS (port 8883).
     Tls(Box<TlsStream<TcpStream>>),
-    /// MQTT over WebSockets (port 443).
-    Ws(Box<WebSocket>),
+    /// MQTT over WebSockets (port 443), capped until [`authenticated`](Self::authenticated).
+    Ws(Box<Socket>),
 }
 
 impl Transport {
+    /// The device's CONNECT was accepted: lift the pre-CONNACK cap. (Over
+    /// TLS the framing caps the CONNECT; a WebSocket is capped underneath,
+    /// see `websocket`.)
+    pub(crate) fn authenticated(&mut self) {
+        if let Self::Ws(ws) = self {
+            websocket::uncap(ws);
+        }
+    }
+
     /// Appends received bytes to `buf`; 0 means the peer closed. Cancel-safe.
-    /// A WebSocket message that would make `buf` longer than `cap` is an
-    /// error (see [`BEFORE_AUTH`]); over TLS the framing caps what is kept.
-    pub(crate) async fn read(&mut self, buf: &mut BytesMut, cap: usize) -> io::Result<usize> {
+    pub(crate) async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
             Self::Tls(s) => {
                 if buf.capacity() - buf.len() < READ_CHUNK / 4 {
@@ -42,16 +45,10 @@ impl Transport {
                 s.read_buf(buf).await
             }
             Self::Ws(ws) => loop {
-                match ws.recv().await {
+                match ws.next().await {
                     None | Some(Ok(Message::Close(_))) => return Ok(0),
                     Some(Err(e)) => return Err(io::Error::other(e)),
                     Some(Ok(Message::Binary(b))) => {
-                        if buf.len().saturating_add(b.len()) > cap {
-                            return Err(io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                format!("{} bytes from the device exceed the limit of {cap}", b.len()),
-                            ));
-                        }
                         buf.extend_from_slice(&b);
                         // An empty frame is not a close.
                         if !b.is_empty() {
