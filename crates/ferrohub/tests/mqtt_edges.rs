@@ -358,6 +358,28 @@ async fn a_large_websocket_message_before_connack_closes_the_connection() {
 }
 
 #[tokio::test]
+async fn a_frame_trickling_in_before_connack_is_cut_at_the_cap_not_buffered() {
+    use tokio::io::AsyncWriteExt;
+    let hub = TestHub::start();
+    let mut ws = ws_open(&hub).await;
+    // By hand, under the WebSocket client: a masked binary frame announcing
+    // 100 KiB (64-bit length form), then 20 KiB of it, then nothing. A
+    // limit on whole frames or messages would hold the 20 KiB and wait for
+    // the rest until the CONNECT timeout (10 s); the cap on raw bytes
+    // closes as soon as the 8 KiB and a little have been read.
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend((100u64 * 1024).to_be_bytes());
+    frame.extend([0u8; 4]); // mask 0: the payload goes as is
+    frame.extend(vec![0xC0; 20 * 1024]);
+    let started = std::time::Instant::now();
+    let stream = ws.get_mut();
+    let _ = stream.write_all(&frame).await;
+    let _ = stream.flush().await;
+    assert!(ws_recv(&mut ws).await.is_none());
+    assert!(started.elapsed() < Duration::from_secs(5), "closed only after {:?}", started.elapsed());
+}
+
+#[tokio::test]
 async fn a_device_over_websockets_connects_and_sends_200_kib_after_connack() {
     let hub = TestHub::start();
     let key = create_device(&hub, "wsok").await;
