@@ -52,7 +52,8 @@ async fn expect_marker(events: &mut EventStream, marker: &str) {
 
 /// A raw device connection whose CONNECT carries a will on `topic`.
 async fn raw_with_will(hub: &TestHub, device: &str, key: &str, topic: &str) -> RawMqtt {
-    let Packet::Connect(mut connect) = connect_packet(device, &token(device, key, now_unix() + 3600), 60, true)
+    let Packet::Connect(mut connect) =
+        connect_packet(device, &token(device, key, now_unix() + 3600), 60, true)
     else {
         unreachable!()
     };
@@ -86,7 +87,13 @@ fn is_will(e: &Event, device: &str) -> bool {
 
 /// rumqttc's options for `device` at 127.0.0.1:`port` (the hub or a
 /// proxy in front of it) over TLS, with a will.
-fn rumqttc_device(hub: &TestHub, device: &str, key: &str, port: u16, keep_alive: u64) -> rumqttc::MqttOptions {
+fn rumqttc_device(
+    hub: &TestHub,
+    device: &str,
+    key: &str,
+    port: u16,
+    keep_alive: u64,
+) -> rumqttc::MqttOptions {
     let tls = ferrohub_device_client::tls_config(Some(&hub.ca_file()), None).unwrap();
     let mut o = rumqttc::MqttOptions::new(device, "localhost", port);
     o.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(tls)))
@@ -106,7 +113,9 @@ fn rumqttc_device(hub: &TestHub, device: &str, key: &str, port: u16, keep_alive:
 
 /// Drives a rumqttc event loop until CONNACK 0; the loop keeps running
 /// (pings) in a task until the returned handle is dropped or aborted.
-async fn rumqttc_connected(options: rumqttc::MqttOptions) -> (rumqttc::AsyncClient, tokio::task::JoinHandle<()>) {
+async fn rumqttc_connected(
+    options: rumqttc::MqttOptions,
+) -> (rumqttc::AsyncClient, tokio::task::JoinHandle<()>) {
     let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
@@ -277,7 +286,9 @@ async fn a_publish_to_a_topic_with_a_wildcard_closes_the_connection() {
     let key = create_device(&hub, "wc").await;
     let marker_key = create_device(&hub, "marker").await;
     let mut events = service(&hub).events(None, None).await.unwrap();
-    for topic in ["devices/wc/messages/events/a=+", "devices/wc/messages/events/#", "$iothub/twin/GET/?$rid=#"] {
+    for topic in
+        ["devices/wc/messages/events/a=+", "devices/wc/messages/events/#", "$iothub/twin/GET/?$rid=#"]
+    {
         let (mut c, _) = RawMqtt::device(&hub, "wc", &key, true).await;
         let mut p = Publish::new(topic, QoS::AtLeastOnce, "x");
         p.pkid = 1;
@@ -303,7 +314,8 @@ async fn ws_open(hub: &TestHub) -> Ws {
         .connect("localhost".try_into().unwrap(), tcp)
         .await
         .unwrap();
-    let mut req = format!("wss://localhost:{}/$iothub/websocket", hub.https_port()).into_client_request().unwrap();
+    let mut req =
+        format!("wss://localhost:{}/$iothub/websocket", hub.https_port()).into_client_request().unwrap();
     req.headers_mut().insert("sec-websocket-protocol", "mqtt".parse().unwrap());
     let (ws, res) = tokio_tungstenite::client_async(req, tls).await.unwrap();
     assert_eq!(res.headers()["sec-websocket-protocol"], "mqtt");
@@ -385,9 +397,14 @@ async fn a_device_over_websockets_connects_and_sends_200_kib_after_connack() {
     let key = create_device(&hub, "wsok").await;
     let mut events = service(&hub).events(None, None).await.unwrap();
     let mut ws = ws_open(&hub).await;
-    ws.send(Message::binary(encode(&[connect_packet("wsok", &token("wsok", &key, now_unix() + 3600), 60, true)])))
-        .await
-        .unwrap();
+    ws.send(Message::binary(encode(&[connect_packet(
+        "wsok",
+        &token("wsok", &key, now_unix() + 3600),
+        60,
+        true,
+    )])))
+    .await
+    .unwrap();
     match ws_recv(&mut ws).await {
         Some(Packet::ConnAck(ack)) => assert_eq!(ack.code, ConnectReturnCode::Success),
         other => panic!("expected CONNACK, got {other:?}"),

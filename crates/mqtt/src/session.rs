@@ -352,7 +352,10 @@ impl Session {
                 if p.payload.len() > MAX_MESSAGE_BYTES {
                     return out.push(violation("telemetry message over 256 KB"));
                 }
-                Action::Telemetry { properties: telemetry_properties(bag, p.retain), payload: p.payload.clone() }
+                Action::Telemetry {
+                    properties: telemetry_properties(bag, p.retain),
+                    payload: p.payload.clone(),
+                }
             }
             Inbound::TwinGet { rid } => Action::TwinGet { rid: rid.to_owned() },
             Inbound::TwinPatchReported { rid } => {

@@ -466,7 +466,8 @@ async fn the_session_s_own_closes_lead_to_the_will() {
     assert!(will_of(s.end(Ending::Closed(close))).is_some());
     // A violation.
     let mut s = with_will(WILL_TOPIC, false);
-    let out = packet(&mut s, Packet::Publish(Publish::new("devices/other/messages/events/", QoS::AtMostOnce, "")));
+    let out =
+        packet(&mut s, Packet::Publish(Publish::new("devices/other/messages/events/", QoS::AtMostOnce, "")));
     let Some(close) = closed_with(&out).cloned() else { panic!("{out:?}") };
     assert!(will_of(s.end(Ending::Closed(close))).is_some());
 }

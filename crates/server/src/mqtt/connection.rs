@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use ferrohub_mqtt::frame::{read_packet, write_packet, MAX_PACKET, MAX_PACKET_BEFORE_AUTH};
 use ferrohub_core::identity::DeviceStatus;
 use ferrohub_core::ErrorCode;
+use ferrohub_mqtt::frame::{read_packet, write_packet, MAX_PACKET, MAX_PACKET_BEFORE_AUTH};
 use ferrohub_mqtt::session::{Accepted, Action, Close, Ending, Input, Kick, Session};
 use ferrohub_mqtt::v4::{ConnAck, ConnectReturnCode, Packet};
 use tokio::sync::mpsc;

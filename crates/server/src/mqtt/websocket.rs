@@ -69,9 +69,11 @@ pub(crate) struct Accept {
 /// A request that is not a WebSocket upgrade gets 400.
 pub(crate) fn accept(headers: &HeaderMap) -> Result<Accept, Response> {
     let has_token = |name: header::HeaderName, token: &str| {
-        headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).any(|v| {
-            v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
-        })
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     };
     let bad = |why: &'static str| (StatusCode::BAD_REQUEST, why).into_response();
     if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
