@@ -422,7 +422,7 @@ fn will_of(action: Option<Action>) -> Option<(MessageProperties, Bytes)> {
 async fn the_will_is_telemetry_with_its_bag_and_the_will_marker() {
     let mut s = with_will(WILL_TOPIC, true);
     assert!(s.has_will());
-    let (properties, payload) = will_of(s.end(Ending::Lost)).unwrap();
+    let (properties, payload) = will_of(s.end(Ending::Lost)).expect("the will");
     assert_eq!(payload, Bytes::from_static(b"gone"));
     assert_eq!(properties.system.content_type.as_deref(), Some("text/plain"));
     assert_eq!(properties.application.get("state"), Some(Some("lost")));
@@ -433,7 +433,7 @@ async fn the_will_is_telemetry_with_its_bag_and_the_will_marker() {
     assert!(!s.has_will());
     // A bare telemetry topic works too, without the retain marker.
     let mut s = with_will("devices/dev-1/messages/events", false);
-    let (properties, _) = will_of(s.end(Ending::Lost)).unwrap();
+    let (properties, _) = will_of(s.end(Ending::Lost)).expect("the will");
     assert_eq!(properties.application.get("mqtt-retain"), None);
     assert_eq!(properties.application.get("iothub-MessageType"), Some(Some("Will")));
 }

@@ -16,7 +16,7 @@ mod websocket;
 use std::sync::Arc;
 
 use axum::extract::State as AxState;
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 
 use crate::hub::Hub;
 use transport::Transport;
@@ -79,7 +79,7 @@ async fn websocket(
     let cert = cert.and_then(|axum::Extension(c)| c.0).map(|c| c.as_ref().clone());
     let accept = match websocket::accept(req.headers()) {
         Ok(a) => a,
-        Err(refused) => return refused,
+        Err(why) => return (axum::http::StatusCode::BAD_REQUEST, why).into_response(),
     };
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
