@@ -81,6 +81,10 @@ async fn websocket(
         Ok(a) => a,
         Err(why) => return (axum::http::StatusCode::BAD_REQUEST, why).into_response(),
     };
+    // Without it (not HTTP/1.1) `on` would fail only after the 101 went out.
+    if req.extensions().get::<hyper::upgrade::OnUpgrade>().is_none() {
+        return (axum::http::StatusCode::BAD_REQUEST, "the connection cannot be upgraded").into_response();
+    }
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match upgrade.await {
