@@ -12,6 +12,8 @@
 //!   field is complete, so nothing is buffered or allocated beyond the cap
 //!   (the server passes [`MAX_PACKET_BEFORE_AUTH`] until CONNACK 0x00, then
 //!   [`MAX_PACKET`]);
+//! - refuses an UNSUBSCRIBE without topic filters, which MQTT 3.1.1
+//!   §3.10.3 forbids and rumqttc decodes as an empty list;
 //! - reports a CONNECT that is not MQTT 3.1.1 as
 //!   [`FrameError::UnacceptableProtocol`] (answer CONNACK 0x01, then close);
 //!   rumqttc alone would accept level 5 and misparse it, and reports MQTT 3.1
@@ -121,6 +123,10 @@ pub fn read_packet(buf: &mut BytesMut, max_size: usize) -> Result<Option<Packet>
     }
 
     match Packet::read(buf, max_size) {
+        // rumqttc refuses a SUBSCRIBE without filters but not this.
+        Ok(Packet::Unsubscribe(u)) if u.topics.is_empty() => {
+            Err(FrameError::Malformed("unsubscribe without topic filters"))
+        }
         Ok(packet) => Ok(Some(packet)),
         // `check` above already saw the whole frame; kept for safety.
         Err(mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
@@ -390,12 +396,13 @@ mod tests {
 
     #[test]
     fn malformed_bodies() {
-        let cases: [&[u8]; 8] = [
+        let cases: [&[u8]; 9] = [
             &[0x30, 0x02, 0x00, 0x05],                         // topic length beyond the packet
             &[0x30, 0x00],                                     // publish without topic
             &[0x32, 0x03, 0x00, 0x01, b'a'],                   // QoS 1 without packet id
             &[0x32, 0x05, 0x00, 0x01, b'a', 0x00, 0x00],       // packet id 0
             &[0x82, 0x02, 0x00, 0x01],                         // subscribe without filters
+            &[0xA2, 0x02, 0x00, 0x01],                         // unsubscribe without filters
             &[0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x03], // requested QoS 3
             &[0x30, 0x04, 0x00, 0x02, 0xC3, 0x28],             // topic not UTF-8
             &[0x10, 0x0A, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x18, 0, 60], // will QoS without will flag

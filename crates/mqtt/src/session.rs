@@ -5,8 +5,18 @@
 //! [`Action`]s that come back in order. Everything the protocol decides —
 //! what a PUBLISH is, which packets are violations, subscriptions, packet
 //! ids and the window of cloud-to-device messages in flight, the keep-alive
-//! and token deadlines — is decided here, so it can be tested without a
-//! socket, a store or a clock: time only ever comes in as an argument.
+//! and token deadlines, whether the device's will message is published —
+//! is decided here, so it can be tested without a socket, a store or a
+//! clock: time only ever comes in as an argument.
+//!
+//! The will: a CONNECT's will on the device's own telemetry topic (with or
+//! without a property bag) is kept, with its bag parsed as a PUBLISH's
+//! would be and `iothub-MessageType=Will` added, as IoT Hub marks it. A
+//! will on any other topic is ignored: IoT Hub forwards only a will on the
+//! telemetry topic and has no other place to send one, and refusing the
+//! CONNECT would lock out devices whose MQTT library always sets a will.
+//! [`Session::end`] says whether it is published, from how the connection
+//! ended ([`Ending`]).
 
 mod c2d;
 #[cfg(test)]
@@ -17,11 +27,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::bag::MessageProperties;
+use crate::bag::{MessageProperties, PropertyBag};
 use crate::frame::MAX_MESSAGE_BYTES;
 use crate::topic::{self, Inbound, Subscription, SubscriptionSet};
 use crate::v4::{
-    ConnAck, ConnectReturnCode, Packet, PubAck, Publish, SubAck, Subscribe, UnsubAck, Unsubscribe,
+    ConnAck, ConnectReturnCode, LastWill, Packet, PubAck, Publish, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::QoS;
 
@@ -44,6 +54,8 @@ pub struct Accepted {
     pub subscriptions: SubscriptionSet,
     /// Whether a stored session was restored (the CONNACK flag).
     pub session_present: bool,
+    /// The CONNECT's will message, if it had one.
+    pub will: Option<LastWill>,
 }
 
 /// Something that happened to the session.
@@ -64,7 +76,7 @@ pub enum Input {
     /// status, the new reported `$version` (for a patch) and the body.
     TwinResult { rid: String, status: u16, version: Option<i64>, body: Bytes },
     /// The hub wants the connection closed (takeover, disable, delete,
-    /// slow consumer).
+    /// slow consumer). Why is told at the end ([`Ending::Kicked`]).
     Kicked,
     /// Time passed: check the deadlines (see [`Session::next_deadline`]).
     Tick,
@@ -75,8 +87,8 @@ pub enum Input {
 pub enum Action {
     /// Write this packet to the device.
     Write(Packet),
-    /// Hand a telemetry message to the hub. `payload` may share the read
-    /// buffer's memory.
+    /// Hand a telemetry message to the hub (a PUBLISH, or the will from
+    /// [`Session::end`]). `payload` may share the read buffer's memory.
     Telemetry { properties: MessageProperties, payload: Bytes },
     /// Read the twin, then answer with [`Input::TwinResult`].
     TwinGet { rid: String },
@@ -112,6 +124,38 @@ pub enum Close {
     Violation(String),
 }
 
+/// How a connection ended, as the IO loop saw it: what [`Session::end`]
+/// decides the will on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The session closed itself ([`Action::Close`]), a DISCONNECT included.
+    Closed(Close),
+    /// The hub kicked the connection, for this reason.
+    Kicked(Kick),
+    /// The network connection ended without DISCONNECT in any other way:
+    /// end of stream, a read or write error, a write the device did not
+    /// take in time, bytes that are not MQTT, a hub failure while carrying
+    /// out an action.
+    Lost,
+}
+
+/// Why the hub kicked a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// The device was disabled or deleted: it may no longer send anything.
+    Revoked,
+    /// Anything else: a newer connection of the device took over, or the
+    /// hub closed a slow consumer.
+    Other,
+}
+
+/// A will kept for publishing.
+#[derive(Debug, Clone)]
+struct Will {
+    properties: MessageProperties,
+    payload: Bytes,
+}
+
 /// The session's state. See the module docs.
 #[derive(Debug)]
 pub struct Session {
@@ -123,6 +167,7 @@ pub struct Session {
     subscriptions: SubscriptionSet,
     c2d: c2d::Window,
     closed: bool,
+    will: Option<Will>,
 }
 
 impl Session {
@@ -132,6 +177,7 @@ impl Session {
     pub fn accept(accepted: Accepted, now: Instant) -> (Self, Vec<Action>) {
         let keep_alive = (accepted.keep_alive_secs > 0)
             .then(|| Duration::from_millis(u64::from(accepted.keep_alive_secs) * 1500).min(MAX_KEEP_ALIVE));
+        let will = accepted.will.and_then(|w| keep_will(w, &accepted.device_id));
         let mut session = Self {
             device_id: accepted.device_id,
             session_present: accepted.session_present,
@@ -141,6 +187,7 @@ impl Session {
             subscriptions: accepted.subscriptions,
             c2d: c2d::Window::default(),
             closed: false,
+            will,
         };
         let mut out = vec![Action::Write(Packet::ConnAck(ConnAck::new(
             ConnectReturnCode::Success,
@@ -163,6 +210,33 @@ impl Session {
     /// Whether the session has closed itself.
     pub fn is_closed(&self) -> bool {
         self.closed
+    }
+
+    /// Whether a will is kept for publishing (false when the CONNECT had
+    /// none, when it was ignored for its topic, and after [`end`](Self::end)).
+    pub fn has_will(&self) -> bool {
+        self.will.is_some()
+    }
+
+    /// The connection ended: returns the will's [`Action::Telemetry`] when
+    /// it is to be published, at most once per session.
+    ///
+    /// Per MQTT 3.1.1 §3.1.2.5 it is published whenever the connection ends
+    /// without DISCONNECT — network failure, keep-alive expiry, a protocol
+    /// violation, the server closing it (a slow consumer, a hub failure) —
+    /// and also on token expiry and on a takeover by a newer connection of
+    /// the device: the device did not say goodbye, and its credential was
+    /// valid when it gave the will. It is not published after DISCONNECT,
+    /// nor when the device was disabled or deleted ([`Kick::Revoked`]): the
+    /// hub no longer accepts messages from that identity.
+    pub fn end(&mut self, ending: Ending) -> Option<Action> {
+        self.closed = true;
+        let will = self.will.take()?;
+        let fires = match ending {
+            Ending::Closed(Close::Disconnect) | Ending::Kicked(Kick::Revoked) => false,
+            Ending::Closed(_) | Ending::Kicked(Kick::Other) | Ending::Lost => true,
+        };
+        fires.then_some(Action::Telemetry { properties: will.properties, payload: will.payload })
     }
 
     /// The earliest moment [`Input::Tick`] can close the session; `None`
@@ -252,7 +326,12 @@ impl Session {
             Packet::Subscribe(s) => self.on_subscribe(s, out),
             Packet::Unsubscribe(u) => self.on_unsubscribe(u, out),
             Packet::PingReq => out.push(Action::Write(Packet::PingResp)),
-            Packet::Disconnect => out.push(Action::Close(Close::Disconnect)),
+            Packet::Disconnect => {
+                // Discarded on receipt (§3.14.4): whatever happens to the
+                // connection next, it is not published.
+                self.will = None;
+                out.push(Action::Close(Close::Disconnect));
+            }
             Packet::Connect(_) => out.push(violation("second CONNECT")),
             other => out.push(violation(format!("unexpected {other:?}"))),
         }
@@ -273,11 +352,10 @@ impl Session {
                 if p.payload.len() > MAX_MESSAGE_BYTES {
                     return out.push(violation("telemetry message over 256 KB"));
                 }
-                let mut properties = bag.parse();
-                if p.retain {
-                    properties.application.insert("mqtt-retain", Some("true".into()));
+                Action::Telemetry {
+                    properties: telemetry_properties(bag, p.retain),
+                    payload: p.payload.clone(),
                 }
-                Action::Telemetry { properties, payload: p.payload.clone() }
             }
             Inbound::TwinGet { rid } => Action::TwinGet { rid: rid.to_owned() },
             Inbound::TwinPatchReported { rid } => {
@@ -315,6 +393,11 @@ impl Session {
     }
 
     fn on_unsubscribe(&mut self, u: Unsubscribe, out: &mut Vec<Action>) {
+        // `read_packet` refuses it already; a session fed by other means
+        // must not answer it either (MQTT 3.1.1 §3.10.3).
+        if u.topics.is_empty() {
+            return out.push(violation("unsubscribe without topic filters"));
+        }
         let mut next = self.subscriptions;
         for t in &u.topics {
             match topic::parse_filter(t, &self.device_id) {
@@ -337,6 +420,28 @@ impl Session {
             out.push(Action::FetchC2d { max });
         }
     }
+}
+
+/// A telemetry message's properties: the bag, and `mqtt-retain` for a
+/// retained one (IoT Hub does not retain, it forwards the flag).
+fn telemetry_properties(bag: PropertyBag<'_>, retain: bool) -> MessageProperties {
+    let mut properties = bag.parse();
+    if retain {
+        properties.application.insert("mqtt-retain", Some("true".into()));
+    }
+    properties
+}
+
+/// The will to keep, if its topic is the device's telemetry topic. The
+/// pre-CONNECT cap keeps its payload far below the telemetry size limit.
+fn keep_will(will: LastWill, device_id: &str) -> Option<Will> {
+    let Ok(Inbound::Telemetry(bag)) = topic::parse_publish(&will.topic, device_id) else {
+        return None;
+    };
+    let mut properties = telemetry_properties(bag, will.retain);
+    properties.application.insert("iothub-MessageType", Some("Will".into()));
+    // Copied: the payload is a view into the CONNECT's read buffer.
+    Some(Will { properties, payload: Bytes::copy_from_slice(&will.message) })
 }
 
 fn violation(what: impl Into<String>) -> Action {

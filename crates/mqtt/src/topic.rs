@@ -155,6 +155,10 @@ pub enum TopicError {
     /// Not a topic (or filter) a device may use.
     #[error("topic not allowed")]
     NotAllowed,
+    /// A topic name (PUBLISH or will) holding `#` or `+`, which only
+    /// filters may hold (MQTT 3.1.1 §3.3.2).
+    #[error("wildcard in a topic name")]
+    Wildcard,
     /// An `$iothub` request without a `$rid` parameter.
     #[error("missing $rid")]
     MissingRid,
@@ -171,10 +175,16 @@ pub enum TopicError {
     InvalidMethodName,
 }
 
-/// Classifies a device's PUBLISH topic. `device_id` is the authenticated id.
+/// Classifies a device's PUBLISH (or will) topic. `device_id` is the
+/// authenticated id.
 pub fn parse_publish<'a>(topic: &'a str, device_id: &str) -> Result<Inbound<'a>, TopicError> {
     if topic.contains('\0') {
         return Err(TopicError::NotAllowed);
+    }
+    // Anywhere, the property bag and `$rid` included: the SDKs
+    // percent-encode both characters there (`%2B`, `%23`).
+    if topic.contains(['#', '+']) {
+        return Err(TopicError::Wildcard);
     }
     if let Some(rest) = topic.strip_prefix("devices/") {
         let (segment, rest) = rest.split_once('/').ok_or(TopicError::NotAllowed)?;
@@ -364,7 +374,11 @@ mod tests {
             ("$iothub/twin/GET/?$ridx=1", TopicError::MissingRid),
             ("$iothub/twin/GET/?rid=1", TopicError::MissingRid),
             ("$iothub/twin/GET/?$rid", TopicError::MissingRid),
-            ("$iothub/twin/GET/?$rid=a#", TopicError::InvalidRid),
+            ("$iothub/twin/GET/?$rid=a#", TopicError::Wildcard),
+            ("devices/d1/messages/events/a=+", TopicError::Wildcard),
+            ("devices/d1/messages/events/#", TopicError::Wildcard),
+            ("devices/+/messages/events/", TopicError::Wildcard),
+            ("$iothub/methods/res/200/?$rid=1+2", TopicError::Wildcard),
             ("$iothub/methods/res/abc/?$rid=1", TopicError::InvalidStatus),
             ("$iothub/methods/res//?$rid=1", TopicError::InvalidStatus),
             ("devices/d1/messages/events/\0", TopicError::NotAllowed),

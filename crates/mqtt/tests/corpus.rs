@@ -283,12 +283,14 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("bad-connack-from-client", raw(0x20, &[2], &[0, 0])),
         ("bad-pubrel", raw(0x62, &[2], &[0, 1])),
         ("bad-subscribe-no-filters", raw(0x82, &[2], &[0, 1])),
+        ("bad-unsubscribe-no-topics", raw(0xA2, &[2], &[0, 1])),
         ("bad-subscribe-reserved-flags", raw(0x80, &[8], &[0, 1, 0, 3, b'a', b'/', b'#', 0])),
         ("bad-subscribe-qos3", raw(0x82, &[6], &[0, 1, 0, 1, b'#', 3])),
         // Frames fine, but the topic is not the device's to use.
         ("refused-publish-zero-length-topic", raw(0x30, &[3], &[0, 0, b'x'])),
         ("refused-publish-other-device", enc(&[publish("devices/dev2/messages/events/", QoS::AtMostOnce, 0, b"x")])),
         ("refused-publish-wildcard-topic", enc(&[publish("devices/+/messages/events/", QoS::AtMostOnce, 0, b"x")])),
+        ("refused-publish-wildcard-in-bag", enc(&[publish("devices/dev1/messages/events/a=+&b=#", QoS::AtMostOnce, 0, b"x")])),
         ("refused-publish-desired-patch", enc(&[publish("$iothub/twin/PATCH/properties/desired/?$version=2", QoS::AtMostOnce, 0, b"{}")])),
         ("refused-subscribe-hash", enc(&[subscribe(1, &[("#", QoS::AtMostOnce)])])),
         (

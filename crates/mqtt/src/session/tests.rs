@@ -19,6 +19,7 @@ fn accepted(keep_alive_secs: u16, token_lifetime: Option<Duration>, subs: Subscr
         token_lifetime,
         subscriptions: subs,
         session_present: !subs.is_empty(),
+        will: None,
     }
 }
 
@@ -363,4 +364,136 @@ async fn pushes_become_publishes() {
     assert!(
         matches!(out.as_slice(), [Action::Write(Packet::Publish(p))] if p.topic == "$iothub/methods/POST/reboot/?$rid=1")
     );
+}
+
+// ---- protocol violations (MQTT 3.1.1 §3.3.2, §3.10.3) ----
+
+#[tokio::test(start_paused = true)]
+async fn a_publish_to_a_topic_with_a_wildcard_closes_the_session() {
+    for topic in [
+        "devices/dev-1/messages/events/a=+",
+        "devices/dev-1/messages/events/#",
+        "devices/dev-1/messages/events/k=v&x=#y",
+        "$iothub/twin/GET/?$rid=+",
+    ] {
+        let mut s = session(0);
+        let out = packet(&mut s, Packet::Publish(Publish::new(topic, QoS::AtMostOnce, "x")));
+        assert!(matches!(closed_with(&out), Some(Close::Violation(_))), "{topic}: {out:?}");
+        assert_eq!(out.len(), 1, "nothing but the close: {out:?}");
+    }
+    // The same characters percent-encoded are a property value like any other.
+    let mut s = session(0);
+    let out = packet(
+        &mut s,
+        Packet::Publish(Publish::new("devices/dev-1/messages/events/a=%2B%23", QoS::AtMostOnce, "x")),
+    );
+    let [Action::Telemetry { properties, .. }] = &out[..] else { panic!("{out:?}") };
+    assert_eq!(properties.application.get("a"), Some(Some("+#")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unsubscribe_without_topics_closes_the_session() {
+    let mut s = session(0);
+    subscribe(&mut s, 1, &[("$iothub/methods/POST/#", QoS::AtMostOnce)]);
+    let out = packet(&mut s, Packet::Unsubscribe(Unsubscribe { pkid: 2, topics: vec![] }));
+    assert!(matches!(closed_with(&out), Some(Close::Violation(_))), "{out:?}");
+    assert_eq!(out.len(), 1, "no UNSUBACK, nothing stored: {out:?}");
+}
+
+// ---- the will ----
+
+fn with_will(topic: &str, retain: bool) -> Session {
+    let mut a = accepted(10, Some(Duration::from_secs(60)), SubscriptionSet::EMPTY);
+    a.will = Some(crate::v4::LastWill::new(topic, "gone", QoS::AtLeastOnce, retain));
+    Session::accept(a, Instant::now()).0
+}
+
+const WILL_TOPIC: &str = "devices/dev-1/messages/events/%24.ct=text%2Fplain&state=lost";
+
+/// The will's properties and payload, if `end` publishes it.
+fn will_of(action: Option<Action>) -> Option<(MessageProperties, Bytes)> {
+    match action? {
+        Action::Telemetry { properties, payload } => Some((properties, payload)),
+        other => panic!("not telemetry: {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_will_is_telemetry_with_its_bag_and_the_will_marker() {
+    let mut s = with_will(WILL_TOPIC, true);
+    assert!(s.has_will());
+    let (properties, payload) = will_of(s.end(Ending::Lost)).expect("the will");
+    assert_eq!(payload, Bytes::from_static(b"gone"));
+    assert_eq!(properties.system.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(properties.application.get("state"), Some(Some("lost")));
+    assert_eq!(properties.application.get("iothub-MessageType"), Some(Some("Will")));
+    assert_eq!(properties.application.get("mqtt-retain"), Some(Some("true")));
+    // Published once.
+    assert!(s.end(Ending::Lost).is_none());
+    assert!(!s.has_will());
+    // A bare telemetry topic works too, without the retain marker.
+    let mut s = with_will("devices/dev-1/messages/events", false);
+    let (properties, _) = will_of(s.end(Ending::Lost)).expect("the will");
+    assert_eq!(properties.application.get("mqtt-retain"), None);
+    assert_eq!(properties.application.get("iothub-MessageType"), Some(Some("Will")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn which_endings_publish_the_will() {
+    let cases = [
+        (Ending::Lost, true),
+        (Ending::Closed(Close::KeepAlive), true),
+        (Ending::Closed(Close::TokenExpired), true),
+        (Ending::Closed(Close::Violation("x".into())), true),
+        (Ending::Kicked(Kick::Other), true),
+        (Ending::Closed(Close::Kicked), true),
+        (Ending::Kicked(Kick::Revoked), false),
+        (Ending::Closed(Close::Disconnect), false),
+    ];
+    for (ending, fires) in cases {
+        let mut s = with_will(WILL_TOPIC, false);
+        assert_eq!(will_of(s.end(ending.clone())).is_some(), fires, "{ending:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_session_s_own_closes_lead_to_the_will() {
+    // Keep-alive expiry, then the loop reports the session's close.
+    let mut s = with_will(WILL_TOPIC, false);
+    advance(Duration::from_secs(15)).await;
+    let out = tick(&mut s);
+    let Some(close) = closed_with(&out).cloned() else { panic!("{out:?}") };
+    assert!(will_of(s.end(Ending::Closed(close))).is_some());
+    // A violation.
+    let mut s = with_will(WILL_TOPIC, false);
+    let out =
+        packet(&mut s, Packet::Publish(Publish::new("devices/other/messages/events/", QoS::AtMostOnce, "")));
+    let Some(close) = closed_with(&out).cloned() else { panic!("{out:?}") };
+    assert!(will_of(s.end(Ending::Closed(close))).is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_disconnect_discards_the_will_whatever_follows() {
+    let mut s = with_will(WILL_TOPIC, false);
+    let out = packet(&mut s, Packet::Disconnect);
+    assert_eq!(closed_with(&out), Some(&Close::Disconnect));
+    assert!(!s.has_will());
+    // Even if the loop then sees the socket fail while closing.
+    assert!(s.end(Ending::Lost).is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_will_on_another_topic_is_ignored() {
+    for topic in [
+        "devices/dev-2/messages/events/",
+        "devices/dev-1/messages/devicebound/",
+        "$iothub/twin/PATCH/properties/reported/?$rid=1",
+        "status/dev-1",
+        "devices/dev-1/messages/events/#",
+        "",
+    ] {
+        let mut s = with_will(topic, false);
+        assert!(!s.has_will(), "{topic}");
+        assert!(s.end(Ending::Lost).is_none(), "{topic}");
+    }
 }

@@ -10,15 +10,21 @@
 //! subscriptions hold, packet ids and the C2D window are the session's
 //! decisions; write timeouts, kicks during writes and the close are this
 //! loop's. Protocol violations close this one connection and nothing else.
+//! When the connection ends, the loop tells the session how ([`Ending`];
+//! for a kick it asks the registry whether the device was disabled or
+//! deleted) and publishes the will if the session returns it, through the
+//! same telemetry action as a PUBLISH.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use ferrohub_core::identity::DeviceStatus;
 use ferrohub_core::throttle::Class;
+use ferrohub_core::ErrorCode;
 use ferrohub_mqtt::frame::{read_packet, write_packet, MAX_PACKET, MAX_PACKET_BEFORE_AUTH};
-use ferrohub_mqtt::session::{Accepted, Action, Close, Input, Session};
+use ferrohub_mqtt::session::{Accepted, Action, Close, Ending, Input, Kick, Session};
 use ferrohub_mqtt::v4::{ConnAck, ConnectReturnCode, Packet};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -104,7 +110,10 @@ pub(crate) async fn serve(state: Arc<Hub>, mut transport: Transport, client_cert
         }
     };
     let who = match super::auth::authenticate(&state, &connect, client_cert.as_deref()).await {
-        Ok(who) => who,
+        Ok(who) => {
+            transport.authenticated();
+            who
+        }
         Err(code) => {
             let _ = send(&mut transport, &Packet::ConnAck(ConnAck::new(code, false))).await;
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, transport.shutdown()).await;
@@ -181,10 +190,12 @@ impl Link {
         state: Arc<Hub>,
         transport: Transport,
         buf: BytesMut,
-        connect: ferrohub_mqtt::v4::Connect,
+        mut connect: ferrohub_mqtt::v4::Connect,
         who: super::auth::Authenticated,
     ) -> Result<(Self, Vec<Action>), End> {
         let device_id = who.device_id;
+        let will = connect.last_will.take();
+        let will_topic = will.as_ref().map(|w| w.topic.clone());
         let mut conn = state.sessions.connect(&device_id, !connect.clean_session).await?;
         let rx = conn.take_outbound().ok_or_else(|| violation("outbound queue taken"))?;
         let session_present = conn.session_present();
@@ -197,10 +208,14 @@ impl Link {
             token_lifetime,
             subscriptions: conn.subscriptions(),
             session_present,
+            will,
         };
         let now = Instant::now();
         let (session, first) = Session::accept(accepted, now);
         tracing::info!(device_id = session.device_id(), session_present, "device connected");
+        if let Some(topic) = will_topic.filter(|_| !session.has_will()) {
+            tracing::info!(%topic, "will ignored: not the device's telemetry topic");
+        }
         Ok((Self { state, transport, buf, conn, session, rx }, first))
     }
 
@@ -239,6 +254,12 @@ impl Link {
             Ok(()) => self.run_loop().await,
             Err(end) => end,
         };
+        let ending = ending(&self.state, self.session.device_id(), &end).await;
+        if let Some(will) = self.session.end(ending) {
+            tracing::info!("publishing the will");
+            // Only a telemetry action comes back, which cannot fail.
+            let _ = self.act(will).await;
+        }
         let Self { conn, mut transport, .. } = self;
         conn.close().await;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, transport.shutdown()).await;
@@ -372,6 +393,31 @@ impl Link {
                 None
             }
         })
+    }
+}
+
+/// How the session ended, for the will: the session's own closes as they
+/// were, a kick with its reason, everything else a lost connection.
+async fn ending(state: &Hub, device_id: &str, end: &End) -> Ending {
+    match end {
+        End::Disconnect => Ending::Closed(Close::Disconnect),
+        End::KeepAlive => Ending::Closed(Close::KeepAlive),
+        End::TokenExpired => Ending::Closed(Close::TokenExpired),
+        End::Violation(what) => Ending::Closed(Close::Violation(what.clone())),
+        End::Kicked => Ending::Kicked(kick_reason(state, device_id).await),
+        End::Closed | End::SlowConsumer | End::Hub(_) | End::Io(_) => Ending::Lost,
+    }
+}
+
+/// Presence does not say why it kicked, but the registry commits a disable
+/// or delete before kicking: a device that is gone or disabled now was
+/// revoked; anything else (a takeover, a slow consumer, a store failure on
+/// this lookup) is not.
+async fn kick_reason(state: &Hub, device_id: &str) -> Kick {
+    match state.registry.get_device(device_id).await {
+        Err(e) if e.code == ErrorCode::DeviceNotFound => Kick::Revoked,
+        Ok(d) if d.status == DeviceStatus::Disabled => Kick::Revoked,
+        _ => Kick::Other,
     }
 }
 

@@ -11,12 +11,12 @@ mod auth;
 mod c2d;
 mod connection;
 mod transport;
+mod websocket;
 
 use std::sync::Arc;
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State as AxState;
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 
 use crate::hub::Hub;
 use transport::Transport;
@@ -69,18 +69,31 @@ pub(crate) async fn accept_loop(
 /// `GET /$iothub/websocket`: MQTT over WebSockets. The `mqtt` subprotocol is
 /// echoed (the Node SDK fails without it). A client certificate presented to
 /// the HTTPS listener authenticates `selfSigned` devices here as on 8883.
-/// Unmasked client frames are
-/// accepted because paho (the Python SDK) answers pings and closes with
-/// them; the hub itself never pings over the WebSocket, MQTT keep-alive does
-/// that job.
+/// The hub never pings over the WebSocket; MQTT keep-alive does that job.
+/// See `websocket` for the limits and why the upgrade is done there.
 async fn websocket(
     AxState(state): AxState<Arc<Hub>>,
     cert: Option<axum::Extension<crate::client_cert::PeerCertificate>>,
-    ws: WebSocketUpgrade,
+    mut req: axum::extract::Request,
 ) -> Response {
     let cert = cert.and_then(|axum::Extension(c)| c.0).map(|c| c.as_ref().clone());
-    ws.protocols(["mqtt"])
-        .accept_unmasked_frames(true)
-        .max_message_size(ferrohub_mqtt::MAX_PACKET * 2)
-        .on_upgrade(move |socket| connection::serve(state, Transport::Ws(Box::new(socket)), cert))
+    let accept = match websocket::accept(req.headers()) {
+        Ok(a) => a,
+        Err(why) => return (axum::http::StatusCode::BAD_REQUEST, why).into_response(),
+    };
+    // Without it (not HTTP/1.1) `on` would fail only after the 101 went out.
+    if req.extensions().get::<hyper::upgrade::OnUpgrade>().is_none() {
+        return (axum::http::StatusCode::BAD_REQUEST, "the connection cannot be upgraded").into_response();
+    }
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let socket = websocket::socket(upgraded).await;
+                connection::serve(state, Transport::Ws(Box::new(socket)), cert).await;
+            }
+            Err(e) => tracing::debug!(%e, "WebSocket upgrade failed"),
+        }
+    });
+    accept.response()
 }

@@ -4,11 +4,14 @@
 
 use std::io;
 
-use axum::extract::ws::{Message, WebSocket};
 use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::websocket::{self, Socket};
 
 /// How much free room a read needs; the buffer grows past this only while a
 /// large packet is arriving, and is dropped again when idle.
@@ -18,11 +21,20 @@ const READ_CHUNK: usize = 2048;
 pub(crate) enum Transport {
     /// MQTT over TLS (port 8883).
     Tls(Box<TlsStream<TcpStream>>),
-    /// MQTT over WebSockets (port 443).
-    Ws(Box<WebSocket>),
+    /// MQTT over WebSockets (port 443), capped until [`authenticated`](Self::authenticated).
+    Ws(Box<Socket>),
 }
 
 impl Transport {
+    /// The device's CONNECT was accepted: lift the pre-CONNACK cap. (Over
+    /// TLS the framing caps the CONNECT; a WebSocket is capped underneath,
+    /// see `websocket`.)
+    pub(crate) fn authenticated(&mut self) {
+        if let Self::Ws(ws) = self {
+            websocket::uncap(ws);
+        }
+    }
+
     /// Appends received bytes to `buf`; 0 means the peer closed. Cancel-safe.
     pub(crate) async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
@@ -33,7 +45,7 @@ impl Transport {
                 s.read_buf(buf).await
             }
             Self::Ws(ws) => loop {
-                match ws.recv().await {
+                match ws.next().await {
                     None | Some(Ok(Message::Close(_))) => return Ok(0),
                     Some(Err(e)) => return Err(io::Error::other(e)),
                     Some(Ok(Message::Binary(b))) => {
