@@ -115,7 +115,10 @@ async fn rest_twin_reads_over_the_rate_get_429_with_retry_after_and_pass_after_i
     assert_eq!(res.status().as_u16(), 200);
     assert!(throttled(&hub, "twin-read").await >= 1);
     // Other classes are not affected.
-    assert_eq!(call(&hub, Method::GET, "/devices/d", &auth, None).await.status().as_u16(), 200);
+    assert_eq!(
+        call(&hub, Method::GET, "/devices/d?api-version=2021-04-12", &auth, None).await.status().as_u16(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -226,7 +229,7 @@ async fn a_flooding_device_does_not_evict_a_quiet_devices_events() {
         let res = call(
             &hub,
             Method::POST,
-            "/devices/quiet/messages/events",
+            "/devices/quiet/messages/events?api-version=2021-04-12",
             &quiet,
             Some(("text/plain", body.into())),
         )
@@ -239,7 +242,7 @@ async fn a_flooding_device_does_not_evict_a_quiet_devices_events() {
         let res = call(
             &hub,
             Method::POST,
-            "/devices/noisy/messages/events",
+            "/devices/noisy/messages/events?api-version=2021-04-12",
             &noisy,
             Some(("application/vnd.microsoft.iothub.json", batch.clone())),
         )
