@@ -98,6 +98,8 @@ pub(crate) struct ServeArgs {
     /// reacts to every change at once) [default: 300].
     #[arg(long, value_name = "SECONDS", env = "FERROHUB_CONFIG_EVAL_INTERVAL", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) config_eval_interval: Option<u64>,
+    #[command(flatten)]
+    pub(crate) limits: super::serve::LimitArgs,
 }
 
 /// Output formats, as az's `--output`.

@@ -53,6 +53,8 @@ pub struct TestHub {
     connection_string: String,
     /// Lines the hub printed on stdout after its connection string.
     stdout: Option<Receiver<String>>,
+    /// The open-files limit (soft and hard) the hub runs under, if lowered.
+    open_files: Option<u64>,
 }
 
 impl TestHub {
@@ -63,6 +65,17 @@ impl TestHub {
 
     /// Starts a hub with extra `serve` arguments (e.g. `--hostname`).
     pub fn start_with(extra_args: &[&str]) -> Self {
+        Self::start_limited(extra_args, None)
+    }
+
+    /// Starts a hub whose soft and hard open-files limits are `open_files`
+    /// (set by `sh`'s `ulimit` before it execs the hub, as a service
+    /// manager would).
+    pub fn start_with_open_files(extra_args: &[&str], open_files: u64) -> Self {
+        Self::start_limited(extra_args, Some(open_files))
+    }
+
+    fn start_limited(extra_args: &[&str], open_files: Option<u64>) -> Self {
         let root = tempfile::Builder::new().prefix("ferrohub-test-").tempdir().unwrap();
         let data_dir = root.path().join("data");
         let mut hub = Self {
@@ -74,6 +87,7 @@ impl TestHub {
             mqtt_port: 0,
             connection_string: String::new(),
             stdout: None,
+            open_files,
         };
         hub.spawn();
         hub
@@ -81,7 +95,14 @@ impl TestHub {
 
     fn spawn(&mut self) {
         let log = OpenOptions::new().create(true).append(true).open(self.log_file()).unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match self.open_files {
+            None => Command::new(BIN),
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", r#"ulimit -n "$0" && exec "$@""#, &n.to_string(), BIN]);
+                sh
+            }
+        };
         clear_hub_env(&mut cmd)
             .arg("serve")
             .arg("--data-dir")
