@@ -214,18 +214,79 @@ fn raise_own_open_files_limit() {
     assert!(soft.is_none_or(|n| n > 1300), "this test needs an open-files limit above 1300, have {soft:?}");
 }
 
-/// Opens up to `n` TCP connections from `source` and holds them. A connect
-/// that hangs (the hub no longer accepts) ends the attempt.
-async fn flood(source: IpAddr, port: u16, n: usize) -> Vec<TcpStream> {
-    let mut held = Vec::with_capacity(n);
-    for _ in 0..n {
-        match tokio::time::timeout(Duration::from_secs(2), tcp_from(source, port)).await {
-            Ok(Ok(s)) => held.push(s),
-            Ok(Err(e)) => panic!("connect failed after {}: {e}", held.len()),
-            Err(_) => break,
+/// What a flood of connections came to.
+#[derive(Default)]
+struct Flood {
+    /// Connections that completed TLS and sent half a request, held open.
+    stalled: Vec<TlsStream<TcpStream>>,
+    /// Connections whose TLS handshake got no answer (the hub could not
+    /// take them), held open too so that they keep their place.
+    hung: Vec<TcpStream>,
+    /// Connections the hub closed before or during TLS.
+    refused: usize,
+}
+
+enum Outcome {
+    Stalled(TlsStream<TcpStream>),
+    Hung(TcpStream),
+    Refused,
+}
+
+/// Opens `n` connections from `source`, each completing TLS and sending
+/// half a request head, as the attacker did. Stops early once a
+/// whole batch got nowhere (the hub no longer accepts anything).
+async fn flood(hub: &TestHub, source: IpAddr, n: usize) -> Flood {
+    let mut flood = Flood::default();
+    let connector = tokio_rustls::TlsConnector::from(tls_config(hub));
+    let port = hub.https_port();
+    let mut left = n;
+    while left > 0 {
+        let batch = left.min(50);
+        left -= batch;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..batch {
+            let connector = connector.clone();
+            tasks.spawn(async move {
+                let wait = Duration::from_secs(3);
+                let Ok(Ok(tcp)) = tokio::time::timeout(wait, tcp_from(source, port)).await else {
+                    return Outcome::Refused;
+                };
+                // Keep a handle on the socket in case the handshake hangs.
+                let raw = tcp.into_std().unwrap();
+                let keep = TcpStream::from_std(raw.try_clone().unwrap()).unwrap();
+                let tcp = TcpStream::from_std(raw).unwrap();
+                match tokio::time::timeout(wait, connector.connect("localhost".try_into().unwrap(), tcp)).await {
+                    Ok(Ok(mut tls)) => {
+                        let half = b"GET /statistics/service HTTP/1.1\r\nHost: localhost\r\n";
+                        match tls.write_all(half).await {
+                            Ok(()) => Outcome::Stalled(tls),
+                            Err(_) => Outcome::Refused,
+                        }
+                    }
+                    Ok(Err(_)) => Outcome::Refused,
+                    Err(_) => Outcome::Hung(keep),
+                }
+            });
+        }
+        let mut progress = false;
+        for outcome in tasks.join_all().await {
+            match outcome {
+                Outcome::Stalled(tls) => {
+                    progress = true;
+                    flood.stalled.push(tls);
+                }
+                Outcome::Hung(tcp) => flood.hung.push(tcp),
+                Outcome::Refused => {
+                    progress = true;
+                    flood.refused += 1;
+                }
+            }
+        }
+        if !progress {
+            break;
         }
     }
-    held
+    flood
 }
 
 #[tokio::test]
@@ -234,8 +295,9 @@ async fn eleven_hundred_stalled_connections_under_1024_open_files_leave_rest_and
     let hub = TestHub::start_with_open_files(&[], 1024);
     let key = create_device(&hub, "honest").await;
 
-    let held = flood(ATTACKER, hub.https_port(), 1100).await;
-    assert!(!held.is_empty());
+    let held = flood(&hub, ATTACKER, 1100).await;
+    assert!(!held.stalled.is_empty());
+    eprintln!("flood: {} stalled, {} hung, {} refused", held.stalled.len(), held.hung.len(), held.refused);
 
     let start = Instant::now();
     let status = tokio::time::timeout(Duration::from_secs(5), statistics(&hub, &rest_from(&hub, HONEST)))
@@ -255,6 +317,7 @@ async fn eleven_hundred_stalled_connections_under_1024_open_files_leave_rest_and
     let log = hub.log();
     assert!(!log.contains("Too many open files"), "{log}");
     assert!(log.contains("connection refused"), "the flood was not capped: {log}");
+    assert!(held.refused > 0);
     drop(held);
 }
 
