@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::mqtt::{create_device, owner_token, token, now_unix, RawMqtt};
+use common::mqtt::{create_device, now_unix, owner_token, token, RawMqtt};
 use common::TestHub;
 use ferrohub_mqtt::v4::ConnectReturnCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,11 +31,12 @@ fn tls_config(hub: &TestHub) -> Arc<rustls::ClientConfig> {
     for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
         roots.add(cert.unwrap()).unwrap();
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     Arc::new(config)
 }
 
@@ -85,7 +86,9 @@ async fn read_response(stream: &mut TlsStream<TcpStream>) -> u16 {
     let head = String::from_utf8(buf).unwrap();
     let length: usize = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+        .find_map(|l| {
+            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())
+        })
         .unwrap_or(0);
     let mut body = vec![0u8; length];
     stream.read_exact(&mut body).await.unwrap();
@@ -255,7 +258,9 @@ async fn flood(hub: &TestHub, source: IpAddr, n: usize) -> Flood {
                 let raw = tcp.into_std().unwrap();
                 let keep = TcpStream::from_std(raw.try_clone().unwrap()).unwrap();
                 let tcp = TcpStream::from_std(raw).unwrap();
-                match tokio::time::timeout(wait, connector.connect("localhost".try_into().unwrap(), tcp)).await {
+                match tokio::time::timeout(wait, connector.connect("localhost".try_into().unwrap(), tcp))
+                    .await
+                {
                     Ok(Ok(mut tls)) => {
                         let half = b"GET /statistics/service HTTP/1.1\r\nHost: localhost\r\n";
                         match tls.write_all(half).await {
@@ -306,9 +311,10 @@ async fn eleven_hundred_stalled_connections_under_1024_open_files_leave_rest_and
         .expect("REST call failed");
     assert_eq!(status, 200);
     let password = token("honest", &key, now_unix() + 600);
-    let (_mqtt, ack) = tokio::time::timeout(Duration::from_secs(5), RawMqtt::connect(&hub, "honest", &password, 60, true))
-        .await
-        .expect("no CONNACK within 5 s");
+    let (_mqtt, ack) =
+        tokio::time::timeout(Duration::from_secs(5), RawMqtt::connect(&hub, "honest", &password, 60, true))
+            .await
+            .expect("no CONNACK within 5 s");
     assert_eq!(ack.code, ConnectReturnCode::Success);
     assert!(start.elapsed() < Duration::from_secs(10));
 
@@ -354,7 +360,8 @@ async fn one_peer_over_its_cap_is_closed_while_another_gets_in() {
 async fn the_mqtt_port_closes_connections_over_its_cap() {
     let hub = TestHub::start_with(&["--max-mqtt-connections", "2"]);
     let port = hub.mqtt_port();
-    let mut held = vec![tls_from(&hub, HONEST, port).await.unwrap(), tls_from(&hub, ATTACKER, port).await.unwrap()];
+    let mut held =
+        vec![tls_from(&hub, HONEST, port).await.unwrap(), tls_from(&hub, ATTACKER, port).await.unwrap()];
     assert!(tls_from(&hub, HONEST, port).await.is_err(), "a third MQTT connection got TLS");
     // The HTTPS port has its own budget.
     assert_eq!(statistics(&hub, &rest_from(&hub, HONEST)).await.unwrap(), 200);
@@ -375,23 +382,37 @@ async fn the_mqtt_port_closes_connections_over_its_cap() {
 #[tokio::test]
 async fn a_websocket_mqtt_connection_outlives_the_http_timeouts() {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, TlsConfiguration, Transport};
-    let hub = TestHub::start_with(&["--http-header-timeout", "1", "--http-idle-timeout", "1", "--http-body-timeout", "1"]);
+    let hub = TestHub::start_with(&[
+        "--http-header-timeout",
+        "1",
+        "--http-idle-timeout",
+        "1",
+        "--http-body-timeout",
+        "1",
+    ]);
     let key = create_device(&hub, "ws-idle").await;
     let url = format!("wss://localhost:{}/$iothub/websocket", hub.https_port());
     let mut options = MqttOptions::new("ws-idle", url, hub.https_port());
     options
         .set_transport(Transport::Wss(TlsConfiguration::Rustls(tls_config(&hub))))
         .set_keep_alive(Duration::from_secs(1))
-        .set_credentials("localhost/ws-idle/?api-version=2021-04-12", token("ws-idle", &key, now_unix() + 600));
+        .set_credentials(
+            "localhost/ws-idle/?api-version=2021-04-12",
+            token("ws-idle", &key, now_unix() + 600),
+        );
     let (_client, mut events) = AsyncClient::new(options, 10);
     let mut connected = None;
     let mut pings_after_timeouts = 0;
     // Four times every HTTP timeout, kept alive by MQTT pings alone.
     let observe = Duration::from_secs(4);
     loop {
-        let event = tokio::time::timeout(DEADLINE, events.poll()).await.expect("no MQTT event").unwrap_or_else(
-            |e| panic!("the WebSocket connection failed after {:?}: {e}", connected.map(|c: Instant| c.elapsed())),
-        );
+        let event =
+            tokio::time::timeout(DEADLINE, events.poll()).await.expect("no MQTT event").unwrap_or_else(|e| {
+                panic!(
+                    "the WebSocket connection failed after {:?}: {e}",
+                    connected.map(|c: Instant| c.elapsed())
+                )
+            });
         match event {
             Event::Incoming(Packet::ConnAck(ack)) => {
                 assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success);

@@ -165,12 +165,22 @@ pub(crate) struct Watched<S> {
 
 impl<S> Watched<S> {
     fn new(inner: S, watch: Arc<Watch>, permit: Option<ConnPermit>) -> Self {
-        Self { inner, watch, timer: Box::pin(tokio::time::sleep(Duration::ZERO)), armed: None, _permit: permit }
+        Self {
+            inner,
+            watch,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            armed: None,
+            _permit: permit,
+        }
     }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
@@ -191,9 +201,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
                     this.armed = Some(deadline);
                 }
                 match this.timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "HTTPS client sent no request in time")))
-                    }
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "HTTPS client sent no request in time",
+                    ))),
                     Poll::Pending => Poll::Pending,
                 }
             }
@@ -255,7 +266,10 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
@@ -305,7 +319,10 @@ impl HttpBody for Finished {
     type Data = Bytes;
     type Error = axum::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 
@@ -444,8 +461,11 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    const T: HttpTimeouts =
-        HttpTimeouts { header: Duration::from_secs(10), body: Duration::from_secs(30), idle: Duration::from_secs(120) };
+    const T: HttpTimeouts = HttpTimeouts {
+        header: Duration::from_secs(10),
+        body: Duration::from_secs(30),
+        idle: Duration::from_secs(120),
+    };
 
     /// A watched in-memory connection and the client's end of it.
     fn conn() -> (Watched<tokio::io::DuplexStream>, tokio::io::DuplexStream, Arc<Watch>) {

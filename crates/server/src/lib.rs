@@ -11,9 +11,9 @@ mod client_cert;
 mod clock;
 pub mod conn_limits;
 mod fsutil;
+mod https_conn;
 pub mod hub;
 pub mod hubfile;
-mod https_conn;
 pub mod listen;
 mod mqtt;
 pub mod options;
@@ -174,13 +174,7 @@ impl Limits {
             .http_max_header_bytes
             .unwrap_or(options::DEFAULT_HTTP_MAX_HEADER_BYTES)
             .max(options::MIN_HTTP_MAX_HEADER_BYTES);
-        tracing::info!(
-            open_files = budget.nofile,
-            https,
-            mqtt,
-            per_peer,
-            "connection caps"
-        );
+        tracing::info!(open_files = budget.nofile, https, mqtt, per_peer, "connection caps");
         Self {
             handshake: o.tls_handshake_timeout.unwrap_or(options::DEFAULT_TLS_HANDSHAKE_TIMEOUT),
             http,
