@@ -230,7 +230,7 @@ struct Flood {
 }
 
 enum Outcome {
-    Stalled(TlsStream<TcpStream>),
+    Stalled(Box<TlsStream<TcpStream>>),
     Hung(TcpStream),
     Refused,
 }
@@ -264,7 +264,7 @@ async fn flood(hub: &TestHub, source: IpAddr, n: usize) -> Flood {
                     Ok(Ok(mut tls)) => {
                         let half = b"GET /statistics/service HTTP/1.1\r\nHost: localhost\r\n";
                         match tls.write_all(half).await {
-                            Ok(()) => Outcome::Stalled(tls),
+                            Ok(()) => Outcome::Stalled(Box::new(tls)),
                             Err(_) => Outcome::Refused,
                         }
                     }
@@ -278,7 +278,7 @@ async fn flood(hub: &TestHub, source: IpAddr, n: usize) -> Flood {
             match outcome {
                 Outcome::Stalled(tls) => {
                     progress = true;
-                    flood.stalled.push(tls);
+                    flood.stalled.push(*tls);
                 }
                 Outcome::Hung(tcp) => flood.hung.push(tcp),
                 Outcome::Refused => {
