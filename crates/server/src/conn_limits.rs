@@ -10,6 +10,7 @@
 //! The default caps are derived from `RLIMIT_NOFILE` by [`FdBudget`].
 
 use std::collections::HashMap;
+use std::io;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,8 @@ pub(crate) enum Refused {
 /// The open connections of one port, in total and per peer address.
 #[derive(Debug)]
 pub(crate) struct ConnLimits {
+    /// The port, for the log.
+    port: &'static str,
     total: usize,
     per_peer: Option<usize>,
     open: Mutex<Open>,
@@ -41,10 +44,16 @@ struct Open {
 }
 
 impl ConnLimits {
-    /// At most `total` connections, and at most `per_peer` from one address
-    /// (`None`: no per-address cap).
-    pub(crate) fn new(total: usize, per_peer: Option<usize>) -> Arc<Self> {
-        Arc::new(Self { total, per_peer, open: Mutex::new(Open::default()), refused: AtomicU64::new(0) })
+    /// At most `total` connections on `port`, and at most `per_peer` from
+    /// one address (`None`: no per-address cap).
+    pub(crate) fn new(port: &'static str, total: usize, per_peer: Option<usize>) -> Arc<Self> {
+        Arc::new(Self {
+            port,
+            total,
+            per_peer,
+            open: Mutex::new(Open::default()),
+            refused: AtomicU64::new(0),
+        })
     }
 
     /// A place for a connection from `peer`, or why there is none.
@@ -67,9 +76,21 @@ impl ConnLimits {
         Ok(ConnPermit { limits: self.clone(), peer })
     }
 
-    /// Counts one refused connection; returns how many there were so far.
-    pub(crate) fn count_refusal(&self) -> u64 {
-        self.refused.fetch_add(1, Ordering::Relaxed) + 1
+    /// A permit for `peer`, or the error that closes its connection,
+    /// logged at the first refusal and every thousandth after (a flood must
+    /// not flood the log too).
+    pub(crate) fn admit(self: &Arc<Self>, peer: IpAddr) -> io::Result<ConnPermit> {
+        self.try_acquire(peer).map_err(|why| {
+            let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if n % 1000 == 1 {
+                let cap = match why {
+                    Refused::Total => "its connection cap",
+                    Refused::Peer => "its per-peer connection cap",
+                };
+                tracing::warn!(port = self.port, %peer, refused = n, "connection refused: the port is at {cap}");
+            }
+            io::Error::other("connection cap reached")
+        })
     }
 
     /// Connections open now.
@@ -173,7 +194,7 @@ mod tests {
 
     #[test]
     fn the_total_cap_refuses_the_next_connection_until_one_is_dropped() {
-        let limits = ConnLimits::new(2, None);
+        let limits = ConnLimits::new("test", 2, None);
         let a = limits.try_acquire(ip(1)).unwrap();
         let _b = limits.try_acquire(ip(2)).unwrap();
         assert_eq!(limits.try_acquire(ip(3)).unwrap_err(), Refused::Total);
@@ -184,7 +205,7 @@ mod tests {
 
     #[test]
     fn the_per_peer_cap_refuses_one_address_and_not_another() {
-        let limits = ConnLimits::new(10, Some(2));
+        let limits = ConnLimits::new("test", 10, Some(2));
         let first = limits.try_acquire(ip(2)).unwrap();
         let _second = limits.try_acquire(ip(2)).unwrap();
         assert_eq!(limits.try_acquire(ip(2)).unwrap_err(), Refused::Peer);
@@ -195,15 +216,25 @@ mod tests {
 
     #[test]
     fn an_ipv4_mapped_address_is_the_same_peer() {
-        let limits = ConnLimits::new(10, Some(1));
+        let limits = ConnLimits::new("test", 10, Some(1));
         let _v4 = limits.try_acquire(ip(1)).unwrap();
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
         assert_eq!(limits.try_acquire(mapped).unwrap_err(), Refused::Peer);
     }
 
     #[test]
+    fn admit_refuses_with_an_error_and_counts_refusals() {
+        let limits = ConnLimits::new("test", 1, None);
+        let _held = limits.admit(ip(1)).unwrap();
+        for _ in 0..3 {
+            assert!(limits.admit(ip(2)).is_err());
+        }
+        assert_eq!(limits.refused.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
     fn released_peers_are_forgotten() {
-        let limits = ConnLimits::new(10, Some(3));
+        let limits = ConnLimits::new("test", 10, Some(3));
         let permits: Vec<_> = (1..=3).map(|i| limits.try_acquire(ip(i)).unwrap()).collect();
         drop(permits);
         let open = limits.open.lock().unwrap();

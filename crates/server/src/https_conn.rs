@@ -33,7 +33,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
 
 use crate::client_cert::PeerCertificate;
-use crate::conn_limits::{ConnLimits, ConnPermit, Refused};
+use crate::conn_limits::{ConnLimits, ConnPermit};
 use crate::sync::consistent;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -419,7 +419,7 @@ where
         let permit = stream
             .peer_addr()
             .map_err(|e| io::Error::new(e.kind(), e))
-            .and_then(|peer| admit(&self.limits, peer.ip()));
+            .and_then(|peer| self.limits.admit(peer.ip()));
         let permit = match permit {
             Ok(p) => p,
             // Dropping the socket closes it before any TLS work.
@@ -436,23 +436,6 @@ where
             Ok((Watched::new(stream, watch, Some(permit)), service))
         })
     }
-}
-
-/// A permit for `peer`, or the error that closes its connection (logged
-/// at the first refusal and every thousandth after, so a flood does not
-/// flood the log too).
-pub(crate) fn admit(limits: &Arc<ConnLimits>, peer: std::net::IpAddr) -> io::Result<ConnPermit> {
-    limits.try_acquire(peer).map_err(|why| {
-        let n = limits.count_refusal();
-        if n % 1000 == 1 {
-            let cap = match why {
-                Refused::Total => "the port's connection cap",
-                Refused::Peer => "the per-peer connection cap",
-            };
-            tracing::warn!(%peer, refused = n, "connection refused: {cap} is reached");
-        }
-        io::Error::other("connection cap reached")
-    })
 }
 
 #[cfg(test)]

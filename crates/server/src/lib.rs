@@ -179,11 +179,11 @@ impl Limits {
             handshake: o.tls_handshake_timeout.unwrap_or(options::DEFAULT_TLS_HANDSHAKE_TIMEOUT),
             http,
             max_header_bytes,
-            https: conn_limits::ConnLimits::new(https, Some(per_peer)),
+            https: conn_limits::ConnLimits::new("HTTPS", https, Some(per_peer)),
             // No per-peer cap on MQTT: fleets behind one NAT (and the load
             // generator) connect thousands of devices from one address, and
             // the port reaps clients that do not CONNECT within 10 s.
-            mqtt: conn_limits::ConnLimits::new(mqtt, None),
+            mqtt: conn_limits::ConnLimits::new("MQTT", mqtt, None),
         }
     }
 }

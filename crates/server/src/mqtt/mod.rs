@@ -48,7 +48,7 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = crate::https_conn::admit(&limits, peer.ip()) else {
+        let Ok(permit) = limits.admit(peer.ip()) else {
             drop(socket);
             continue;
         };
