@@ -10,7 +10,8 @@
 //! bytes arrive, [`Tracked`] wraps the service and sees requests begin and
 //! their responses end; between requests a read that waits too long fails
 //! the connection. A request body that stalls is [`StallBody`]'s job, and
-//! the request is answered 408. After a WebSocket upgrade none of this
+//! the request is answered 408; a response the client does not read fails
+//! the connection after the same time. After a WebSocket upgrade none of this
 //! applies: MQTT keep-alive governs the connection.
 
 use std::convert::Infallible;
@@ -44,7 +45,7 @@ pub(crate) struct HttpTimeouts {
     /// From the end of the TLS handshake to a first request's complete
     /// headers, and from a request's first byte to its complete headers.
     pub(crate) header: Duration,
-    /// With no byte of a request body arriving.
+    /// With no byte of a request body arriving, or of a response taken.
     pub(crate) body: Duration,
     /// On a keep-alive connection, from a response to the next request's
     /// first byte.
@@ -160,6 +161,8 @@ pub(crate) struct Watched<S> {
     watch: Arc<Watch>,
     timer: Pin<Box<Sleep>>,
     armed: Option<Instant>,
+    /// Runs while writes make no progress (the client reads nothing).
+    write_stall: Option<Pin<Box<Sleep>>>,
     _permit: Option<ConnPermit>,
 }
 
@@ -170,6 +173,7 @@ impl<S> Watched<S> {
             watch,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             armed: None,
+            write_stall: None,
             _permit: permit,
         }
     }
@@ -212,13 +216,43 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     }
 }
 
+impl<S> Watched<S> {
+    /// Passes a write's outcome through; a write that has made no progress
+    /// for the body timeout fails instead, so a client that never reads its
+    /// responses cannot hold the connection. After an upgrade the MQTT
+    /// connection's own write timeout does this.
+    fn write_outcome<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        outcome: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if outcome.is_ready() {
+            self.write_stall = None;
+            return outcome;
+        }
+        if self.watch.lock().upgraded {
+            return outcome;
+        }
+        let timeout = self.watch.timeouts.body;
+        let stall = self.write_stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stall.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "HTTPS client read nothing in time")))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let outcome = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.write_outcome(cx, outcome)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let outcome = Pin::new(&mut self.inner).poll_flush(cx);
+        self.write_outcome(cx, outcome)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -230,7 +264,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let outcome = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.write_outcome(cx, outcome)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -533,6 +568,47 @@ mod tests {
         assert!(!read.is_finished());
         client.write_all(b"x").await.unwrap();
         assert_eq!(read.await.unwrap().0.unwrap(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_client_does_not_take_fails_after_the_body_timeout() {
+        let (server, mut client) = tokio::io::duplex(16);
+        let watch = Watch::new(T);
+        let mut server = Watched::new(server, watch.clone(), None);
+        watch.request_started();
+        // A client that reads slowly is fine: each read is progress.
+        let chunk = [7u8; 64];
+        let reader = async {
+            let mut buf = [0u8; 16];
+            for _ in 0..4 {
+                tokio::time::sleep(T.body - Duration::from_secs(1)).await;
+                client.read_exact(&mut buf).await.unwrap();
+            }
+            client
+        };
+        let (written, client) = tokio::join!(server.write_all(&chunk), reader);
+        written.unwrap();
+        // One that stops reading fails the write at the body timeout.
+        let start = Instant::now();
+        let write = tokio::time::timeout(T.body * 2, server.write_all(&chunk));
+        let err = write.await.expect("the stalled write never failed").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), T.body);
+        drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_an_upgrade_writes_may_wait() {
+        let (server, mut client) = tokio::io::duplex(16);
+        let watch = Watch::new(T);
+        let mut server = Watched::new(server, watch.clone(), None);
+        watch.upgrade();
+        let write = tokio::spawn(async move { server.write_all(&[1u8; 64]).await });
+        tokio::time::sleep(T.body * 10).await;
+        assert!(!write.is_finished());
+        let mut buf = [0u8; 64];
+        client.read_exact(&mut buf).await.unwrap();
+        write.await.unwrap().unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -57,7 +57,8 @@ pub struct ConnectionOptions {
     /// HTTPS: a new connection's first request headers, and any request's
     /// headers from their first byte; `None` = 10 s.
     pub http_header_timeout: Option<Duration>,
-    /// HTTPS: a request body with no byte arriving; `None` = 30 s.
+    /// HTTPS: a request body with no byte arriving, or a response the
+    /// client takes no byte of; `None` = 30 s.
     pub http_body_timeout: Option<Duration>,
     /// HTTPS: a keep-alive connection between requests; `None` = 120 s.
     pub http_idle_timeout: Option<Duration>,

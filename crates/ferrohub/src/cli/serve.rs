@@ -40,7 +40,8 @@ pub(crate) struct LimitArgs {
     #[arg(long, value_name = "SECONDS", env = "FERROHUB_HTTP_HEADER_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..))]
     http_header_timeout: Option<u64>,
     /// HTTPS: seconds a request body may go without a byte before the
-    /// request is answered 408 and the connection closed [default: 30].
+    /// request is answered 408 and the connection closed; also how long a
+    /// response may wait for the client to read [default: 30].
     #[arg(long, value_name = "SECONDS", env = "FERROHUB_HTTP_BODY_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..))]
     http_body_timeout: Option<u64>,
     /// HTTPS: seconds a keep-alive connection may wait for its next request
