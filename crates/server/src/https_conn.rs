@@ -377,6 +377,7 @@ pub(crate) struct Tracked<S> {
     inner: S,
     watch: Arc<Watch>,
     cert: PeerCertificate,
+    max_header_bytes: usize,
 }
 
 impl<S, B> tower::Service<Request<B>> for Tracked<S>
@@ -397,6 +398,10 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         self.watch.request_started();
         let in_flight = InFlight(self.watch.clone());
+        if head_size(&req) > self.max_header_bytes {
+            let res = closing(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+            return Box::pin(async move { Ok(res.map(|inner| Finished { inner, _in_flight: in_flight })) });
+        }
         let stalled = Arc::new(AtomicBool::new(false));
         let (parts, body) = req.into_parts();
         let body = Body::new(StallBody::new(body, self.watch.timeouts.body, stalled.clone()));
@@ -412,11 +417,7 @@ where
             if stalled.load(Ordering::Acquire) {
                 // Whatever the handler made of the failed body, the client
                 // stopped sending it: say so and end the connection.
-                res = Response::builder()
-                    .status(StatusCode::REQUEST_TIMEOUT)
-                    .header(header::CONNECTION, "close")
-                    .body(Body::empty())
-                    .unwrap_or_default();
+                res = closing(StatusCode::REQUEST_TIMEOUT);
             }
             if res.status() == StatusCode::SWITCHING_PROTOCOLS {
                 watch.upgrade();
@@ -424,6 +425,26 @@ where
             Ok(res.map(|inner| Finished { inner, _in_flight: in_flight }))
         })
     }
+}
+
+/// An empty answer with `status` that ends the connection. IoT Hub has no
+/// error code for these, so there is no Azure error body.
+fn closing(status: StatusCode) -> Response<Body> {
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = status;
+    res.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    res
+}
+
+/// About how many bytes the request line and headers took on the wire.
+/// hyper's limit on them is its read buffer (~400 KB, which must stay that
+/// large: it is what lets hyper drain a refused request's body instead of
+/// resetting the connection under the client's answer), so the header
+/// limit is checked here.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + " HTTP/1.1\r\n".len() + 1;
+    let fields: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + ": \r\n".len()).sum();
+    line + fields + 2
 }
 
 /// The HTTPS listener's acceptor: a place under the caps (else the socket
@@ -434,11 +455,17 @@ pub(crate) struct HttpsAcceptor {
     tls: RustlsAcceptor,
     limits: Arc<ConnLimits>,
     timeouts: HttpTimeouts,
+    max_header_bytes: usize,
 }
 
 impl HttpsAcceptor {
-    pub(crate) fn new(tls: RustlsAcceptor, limits: Arc<ConnLimits>, timeouts: HttpTimeouts) -> Self {
-        Self { tls, limits, timeouts }
+    pub(crate) fn new(
+        tls: RustlsAcceptor,
+        limits: Arc<ConnLimits>,
+        timeouts: HttpTimeouts,
+        max_header_bytes: usize,
+    ) -> Self {
+        Self { tls, limits, timeouts, max_header_bytes }
     }
 }
 
@@ -462,12 +489,18 @@ where
         };
         let accepting = self.tls.accept(stream, service);
         let timeouts = self.timeouts;
+        let max_header_bytes = self.max_header_bytes;
         Box::pin(async move {
             let (stream, service) = accepting.await?;
             let cert =
                 stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| Arc::new(c.to_vec()));
             let watch = Watch::new(timeouts);
-            let service = Tracked { inner: service, watch: watch.clone(), cert: PeerCertificate(cert) };
+            let service = Tracked {
+                inner: service,
+                watch: watch.clone(),
+                cert: PeerCertificate(cert),
+                max_header_bytes,
+            };
             Ok((Watched::new(stream, watch, Some(permit)), service))
         })
     }
@@ -609,6 +642,21 @@ mod tests {
         let mut buf = [0u8; 64];
         client.read_exact(&mut buf).await.unwrap();
         write.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn the_head_size_counts_the_request_line_and_every_header() {
+        let req = Request::builder()
+            .method("GET")
+            .uri("/devices?api-version=1")
+            .header("host", "localhost")
+            .header("x-pad", "a".repeat(100))
+            .body(())
+            .unwrap();
+        let wire = "GET /devices?api-version=1 HTTP/1.1\r\nhost: localhost\r\nx-pad: ".len()
+            + 100
+            + "\r\n\r\n".len();
+        assert_eq!(head_size(&req), wire);
     }
 
     #[tokio::test(start_paused = true)]

@@ -105,9 +105,10 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     for listener in https.listeners {
         let tls = axum_server::tls_rustls::RustlsAcceptor::new(rustls_config.clone())
             .handshake_timeout(limits.handshake);
-        let acceptor = https_conn::HttpsAcceptor::new(tls, limits.https.clone(), limits.http);
+        let acceptor =
+            https_conn::HttpsAcceptor::new(tls, limits.https.clone(), limits.http, limits.max_header_bytes);
         let mut server = axum_server::from_tcp(listener).acceptor(acceptor).handle(handle.clone());
-        configure_http(server.http_builder(), limits.max_header_bytes);
+        configure_http(server.http_builder());
         let app = app.clone();
         tasks.spawn(
             async move { server.serve(app.into_make_service()).await.context("HTTPS listener failed") },
@@ -189,19 +190,14 @@ impl Limits {
 }
 
 /// HTTP/1.1 only (ALPN offers nothing else, and the timeouts here are
-/// HTTP/1's), with the header limit. hyper answers a request line plus
-/// headers longer than its read buffer, or more than 100 headers, with 431
-/// and closes; the buffer also bounds what one read takes in, which costs
-/// large uploads nothing measurable (a TLS record is 16 KiB).
-fn configure_http(
-    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
-    max_header_bytes: usize,
-) {
+/// HTTP/1's). The header limit is `https_conn`'s; hyper keeps its own
+/// read buffer (~400 KB, which also ends a head that never ends with 431).
+fn configure_http(builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
     let fresh = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     *builder = std::mem::replace(builder, fresh).http1_only();
     // hyper's own header timeout also cuts idle keep-alive connections;
     // `https_conn` times headers and idleness apart instead.
-    builder.http1().max_buf_size(max_header_bytes).header_read_timeout(None);
+    builder.http1().header_read_timeout(None);
 }
 
 /// Where devices fetch hosted images: the hub's first host name, with the

@@ -44,7 +44,8 @@ pub const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default cap on the request line plus headers: the size most servers
 /// allow; SAS tokens and IoT Hub's headers take well under 2 KiB.
 pub const DEFAULT_HTTP_MAX_HEADER_BYTES: usize = 16 * 1024;
-/// The smallest header cap hyper can work with.
+/// The smallest header cap accepted: SDK requests with a SAS token take a
+/// few KiB at most.
 pub const MIN_HTTP_MAX_HEADER_BYTES: usize = 8192;
 
 /// Timeouts, connection caps and the header limit; `None` = the default
