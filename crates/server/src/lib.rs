@@ -9,7 +9,9 @@
 pub mod api;
 mod client_cert;
 mod clock;
+pub mod conn_limits;
 mod fsutil;
+mod https_conn;
 pub mod hub;
 pub mod hubfile;
 pub mod listen;
@@ -99,14 +101,17 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .merge(mqtt::websocket_routes(hub.clone()))
         .layer(tower_http::trace::TraceLayer::new_for_http());
 
+    let limits = Limits::resolve(&opts.limits);
     let handle = axum_server::Handle::new();
     let rustls_config = axum_server::tls_rustls::RustlsConfig::from_config(https_tls);
     let mut tasks = tokio::task::JoinSet::new();
     for listener in https.listeners {
-        let acceptor = client_cert::ClientCertAcceptor::new(axum_server::tls_rustls::RustlsAcceptor::new(
-            rustls_config.clone(),
-        ));
-        let server = axum_server::from_tcp(listener).acceptor(acceptor).handle(handle.clone());
+        let tls = axum_server::tls_rustls::RustlsAcceptor::new(rustls_config.clone())
+            .handshake_timeout(limits.handshake);
+        let acceptor =
+            https_conn::HttpsAcceptor::new(tls, limits.https.clone(), limits.http, limits.max_header_bytes);
+        let mut server = axum_server::from_tcp(listener).acceptor(acceptor).handle(handle.clone());
+        configure_http(server.http_builder());
         let app = app.clone();
         tasks.spawn(
             async move { server.serve(app.into_make_service()).await.context("HTTPS listener failed") },
@@ -114,7 +119,13 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     }
     for listener in mqtt.listeners {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        tasks.spawn(mqtt::accept_loop(listener, mqtt_tls.clone(), hub.clone()));
+        tasks.spawn(mqtt::accept_loop(
+            listener,
+            mqtt_tls.clone(),
+            hub.clone(),
+            limits.mqtt.clone(),
+            limits.handshake,
+        ));
     }
 
     let info = HubInfo {
@@ -141,6 +152,55 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     HubInfo::remove(dir);
     tasks.abort_all();
     result
+}
+
+/// The connection options with their defaults filled in.
+struct Limits {
+    handshake: Duration,
+    http: https_conn::HttpTimeouts,
+    max_header_bytes: usize,
+    https: Arc<conn_limits::ConnLimits>,
+    mqtt: Arc<conn_limits::ConnLimits>,
+}
+
+impl Limits {
+    fn resolve(o: &options::ConnectionOptions) -> Self {
+        let budget = conn_limits::FdBudget::of_process();
+        let https = o.max_https_connections.unwrap_or(budget.https);
+        let mqtt = o.max_mqtt_connections.unwrap_or(budget.mqtt);
+        let per_peer = o.max_connections_per_peer.unwrap_or_else(|| conn_limits::default_per_peer(https));
+        let http = https_conn::HttpTimeouts {
+            header: o.http_header_timeout.unwrap_or(options::DEFAULT_HTTP_HEADER_TIMEOUT),
+            body: o.http_body_timeout.unwrap_or(options::DEFAULT_HTTP_BODY_TIMEOUT),
+            idle: o.http_idle_timeout.unwrap_or(options::DEFAULT_HTTP_IDLE_TIMEOUT),
+        };
+        let max_header_bytes = o
+            .http_max_header_bytes
+            .unwrap_or(options::DEFAULT_HTTP_MAX_HEADER_BYTES)
+            .max(options::MIN_HTTP_MAX_HEADER_BYTES);
+        tracing::info!(open_files = budget.nofile, https, mqtt, per_peer, "connection caps");
+        Self {
+            handshake: o.tls_handshake_timeout.unwrap_or(options::DEFAULT_TLS_HANDSHAKE_TIMEOUT),
+            http,
+            max_header_bytes,
+            https: conn_limits::ConnLimits::new("HTTPS", https, Some(per_peer)),
+            // No per-peer cap on MQTT: fleets behind one NAT (and the load
+            // generator) connect thousands of devices from one address, and
+            // the port reaps clients that do not CONNECT within 10 s.
+            mqtt: conn_limits::ConnLimits::new("MQTT", mqtt, None),
+        }
+    }
+}
+
+/// HTTP/1.1 only (ALPN offers nothing else, and the timeouts here are
+/// HTTP/1's). The header limit is `https_conn`'s; hyper keeps its own
+/// read buffer (~400 KB, which also ends a head that never ends with 431).
+fn configure_http(builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
+    let fresh = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    *builder = std::mem::replace(builder, fresh).http1_only();
+    // hyper's own header timeout also cuts idle keep-alive connections;
+    // `https_conn` times headers and idleness apart instead.
+    builder.http1().header_read_timeout(None);
 }
 
 /// Where devices fetch hosted images: the hub's first host name, with the

@@ -131,6 +131,8 @@ pub(crate) struct ServeArgs {
     /// configuration, connect.
     #[arg(long = "throttle", env = "FERROHUB_THROTTLE", value_name = "CLASS=RATE", value_delimiter = ',')]
     pub(crate) throttles: Vec<String>,
+    #[command(flatten)]
+    pub(crate) limits: super::serve::LimitArgs,
 }
 
 fn parse_tier(s: &str) -> Result<ferrohub_core::throttle::Tier, String> {

@@ -2,7 +2,11 @@
 
 use std::io::IsTerminal as _;
 
+use std::time::Duration;
+
+use clap::Args;
 use ferrohub_server::hub::firmware::FirmwareLimits;
+use ferrohub_server::options::{ConnectionOptions, MIN_HTTP_MAX_HEADER_BYTES};
 use ferrohub_server::ServeOptions;
 use tracing_subscriber::EnvFilter;
 
@@ -23,7 +27,7 @@ pub(crate) fn options(args: ServeArgs) -> anyhow::Result<ServeOptions> {
         bind: args.bind,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
-        config_eval_interval: args.config_eval_interval.map(std::time::Duration::from_secs),
+        config_eval_interval: args.config_eval_interval.map(Duration::from_secs),
         firmware_limits: firmware_limits(
             args.firmware_max_image_size,
             args.firmware_store_quota,
@@ -31,6 +35,7 @@ pub(crate) fn options(args: ServeArgs) -> anyhow::Result<ServeOptions> {
             args.firmware_free_space_reserve,
         ),
         quotas,
+        limits: args.limits.options(),
     })
 }
 
@@ -67,6 +72,63 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
         _ => return Err(format!("unknown unit in '{text}': use KiB, MiB, GiB or TiB")),
     };
     n.checked_mul(1 << shift).ok_or_else(|| format!("'{text}' is too large"))
+}
+
+/// Timeouts and connection caps of `ferrohub serve` (README, "Security and
+/// limits").
+#[derive(Debug, Args)]
+pub(crate) struct LimitArgs {
+    /// Seconds a TLS handshake may take, on either port [default: 10].
+    #[arg(long, value_name = "SECONDS", env = "FERROHUB_TLS_HANDSHAKE_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..))]
+    tls_handshake_timeout: Option<u64>,
+    /// HTTPS: seconds for a request's headers — a new connection's first
+    /// request from the handshake, later ones from their first byte
+    /// [default: 10].
+    #[arg(long, value_name = "SECONDS", env = "FERROHUB_HTTP_HEADER_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..))]
+    http_header_timeout: Option<u64>,
+    /// HTTPS: seconds a request body may go without a byte before the
+    /// request is answered 408 and the connection closed; also how long a
+    /// response may wait for the client to read [default: 30].
+    #[arg(long, value_name = "SECONDS", env = "FERROHUB_HTTP_BODY_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..))]
+    http_body_timeout: Option<u64>,
+    /// HTTPS: seconds a keep-alive connection may wait for its next request
+    /// (WebSocket connections are governed by MQTT keep-alive instead)
+    /// [default: 120].
+    #[arg(long, value_name = "SECONDS", env = "FERROHUB_HTTP_IDLE_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..))]
+    http_idle_timeout: Option<u64>,
+    /// HTTPS: bytes of request line plus headers; larger requests get 431
+    /// [default: 16384].
+    #[arg(long, value_name = "BYTES", env = "FERROHUB_HTTP_MAX_HEADER_BYTES", value_parser = clap::value_parser!(u64).range(MIN_HTTP_MAX_HEADER_BYTES as u64..=16 * 1024 * 1024))]
+    http_max_header_bytes: Option<u64>,
+    /// Open connections on the HTTPS port; more are closed at once
+    /// [default: 3/8 of the open-files limit].
+    #[arg(long, value_name = "N", env = "FERROHUB_MAX_HTTPS_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    max_https_connections: Option<u64>,
+    /// Open connections on the MQTT port; more are closed at once
+    /// [default: 3/8 of the open-files limit].
+    #[arg(long, value_name = "N", env = "FERROHUB_MAX_MQTT_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    max_mqtt_connections: Option<u64>,
+    /// Open HTTPS connections from one peer address; more are closed at
+    /// once [default: 256, at most half of --max-https-connections].
+    #[arg(long, value_name = "N", env = "FERROHUB_MAX_CONNECTIONS_PER_PEER", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections_per_peer: Option<u64>,
+}
+
+impl LimitArgs {
+    fn options(&self) -> ConnectionOptions {
+        let secs = |s: Option<u64>| s.map(Duration::from_secs);
+        let count = |n: Option<u64>| n.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        ConnectionOptions {
+            tls_handshake_timeout: secs(self.tls_handshake_timeout),
+            http_header_timeout: secs(self.http_header_timeout),
+            http_body_timeout: secs(self.http_body_timeout),
+            http_idle_timeout: secs(self.http_idle_timeout),
+            http_max_header_bytes: count(self.http_max_header_bytes),
+            max_https_connections: count(self.max_https_connections),
+            max_mqtt_connections: count(self.max_mqtt_connections),
+            max_connections_per_peer: count(self.max_connections_per_peer),
+        }
+    }
 }
 
 /// Runs the hub until SIGINT/SIGTERM. Logs go to stderr (filter from
@@ -151,5 +213,31 @@ mod tests {
         assert_eq!(q.get(Class::TwinUpdate), Some(Quota::per_second(500)));
         assert!(parse(&["--throttle", "twin-read=fast"]).is_err());
         assert!(Cli::try_parse_from(["ferrohub", "serve", "--tier", "s9"]).is_err());
+    }
+
+    #[test]
+    fn limit_flags_reach_the_server_options() {
+        let cli = Cli::try_parse_from([
+            "ferrohub",
+            "serve",
+            "--http-header-timeout",
+            "3",
+            "--http-idle-timeout",
+            "7",
+            "--max-connections-per-peer",
+            "5",
+            "--http-max-header-bytes",
+            "9000",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else { panic!("wrong command") };
+        let limits = args.limits.options();
+        assert_eq!(limits.http_header_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(limits.http_idle_timeout, Some(Duration::from_secs(7)));
+        assert_eq!(limits.max_connections_per_peer, Some(5));
+        assert_eq!(limits.http_max_header_bytes, Some(9000));
+        for bad in [["--http-max-header-bytes", "100"], ["--http-body-timeout", "0"]] {
+            assert!(Cli::try_parse_from(["ferrohub", "serve", bad[0], bad[1]]).is_err(), "{bad:?}");
+        }
     }
 }

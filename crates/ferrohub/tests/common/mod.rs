@@ -56,6 +56,8 @@ pub struct TestHub {
     connection_string: String,
     /// Lines the hub printed on stdout after its connection string.
     stdout: Option<Receiver<String>>,
+    /// The open-files limit (soft and hard) the hub runs under, if lowered.
+    open_files: Option<u64>,
 }
 
 impl TestHub {
@@ -72,15 +74,27 @@ impl TestHub {
     /// Starts a hub whose data dir is `data_dir` (default: a fresh one in
     /// the test's temporary directory, which also holds the log).
     pub fn start_in(data_dir: Option<PathBuf>, extra_args: &[&str]) -> Self {
-        Self::start_full(data_dir, &[], extra_args)
+        Self::start_full(data_dir, &[], extra_args, None)
     }
 
     /// Starts a hub with environment variables set for it.
     pub fn start_with_env(envs: &[(&str, &str)], extra_args: &[&str]) -> Self {
-        Self::start_full(None, envs, extra_args)
+        Self::start_full(None, envs, extra_args, None)
     }
 
-    fn start_full(data_dir: Option<PathBuf>, envs: &[(&str, &str)], extra_args: &[&str]) -> Self {
+    /// Starts a hub whose soft and hard open-files limits are `open_files`
+    /// (set by `sh`'s `ulimit` before it execs the hub, as a service
+    /// manager would).
+    pub fn start_with_open_files(extra_args: &[&str], open_files: u64) -> Self {
+        Self::start_full(None, &[], extra_args, Some(open_files))
+    }
+
+    fn start_full(
+        data_dir: Option<PathBuf>,
+        envs: &[(&str, &str)],
+        extra_args: &[&str],
+        open_files: Option<u64>,
+    ) -> Self {
         let root = tempfile::Builder::new().prefix("ferrohub-test-").tempdir().unwrap();
         let data_dir = data_dir.unwrap_or_else(|| root.path().join("data"));
         let mut hub = Self {
@@ -93,6 +107,7 @@ impl TestHub {
             mqtt_port: 0,
             connection_string: String::new(),
             stdout: None,
+            open_files,
         };
         hub.spawn();
         hub
@@ -100,7 +115,14 @@ impl TestHub {
 
     fn spawn(&mut self) {
         let log = OpenOptions::new().create(true).append(true).open(self.log_file()).unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match self.open_files {
+            None => Command::new(BIN),
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", r#"ulimit -n "$0" && exec "$@""#, &n.to_string(), BIN]);
+                sh
+            }
+        };
         clear_hub_env(&mut cmd)
             .arg("serve")
             .arg("--data-dir")

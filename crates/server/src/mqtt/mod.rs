@@ -21,20 +21,21 @@ use axum::response::{IntoResponse as _, Response};
 use crate::hub::Hub;
 use transport::Transport;
 
-/// How long a TLS handshake may take.
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// The route the HTTPS listener serves MQTT over WebSockets on; merged
 /// into the HTTPS router by `serve`, so the REST API never names MQTT.
 pub(crate) fn websocket_routes(hub: Arc<Hub>) -> axum::Router {
     axum::Router::new().route("/$iothub/websocket", axum::routing::get(websocket)).with_state(hub)
 }
 
-/// Accepts TLS connections on one listener until the task is dropped.
+/// Accepts TLS connections on one listener until the task is dropped. A
+/// connection over the port's cap is closed before TLS; the permit it gets
+/// otherwise lives as long as its task.
 pub(crate) async fn accept_loop(
     listener: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
     state: Arc<Hub>,
+    limits: Arc<crate::conn_limits::ConnLimits>,
+    handshake_timeout: std::time::Duration,
 ) -> anyhow::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
@@ -47,11 +48,16 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
+        let Ok(permit) = limits.admit(peer.ip()) else {
+            drop(socket);
+            continue;
+        };
         let _ = socket.set_nodelay(true);
         let acceptor = acceptor.clone();
         let state = state.clone();
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+            let _permit = permit;
+            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(socket)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, %e, "TLS handshake failed");
