@@ -26,18 +26,7 @@ const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 const DEADLINE: Duration = Duration::from_secs(15);
 
 fn tls_config(hub: &TestHub) -> Arc<rustls::ClientConfig> {
-    let ca = std::fs::read(hub.ca_file()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    Arc::new(config)
+    Arc::new(common::hub_tls(hub).with_no_client_auth())
 }
 
 /// A TCP connection to `port` on 127.0.0.1 from `source`.

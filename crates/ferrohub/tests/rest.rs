@@ -204,17 +204,7 @@ fn raw_exchange(hub: &TestHub, head: String, body_bytes: usize, chunked: bool) -
 /// A TLS connection to the hub's HTTPS port, trusting its CA, that gives up
 /// reading after 20 s.
 fn tls_to(hub: &TestHub) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
-    let ca = std::fs::read(hub.ca_file()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    let config = common::hub_tls(hub).with_no_client_auth();
     let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
     let sock = std::net::TcpStream::connect(("127.0.0.1", hub.https_port())).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();

@@ -20,6 +20,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::Sha256;
 
 use crate::error::{HubError, HubResult};
+use crate::escape::percent_decode_strict as percent_decode;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -215,26 +216,6 @@ pub fn generate_token(
 
 fn strict_encode(s: &str) -> String {
     utf8_percent_encode(s, STRICT).to_string()
-}
-
-/// Decodes `%XX` escapes (either hex case); `+` and every other byte stay
-/// literal. `None` on a `%` not followed by two hex digits.
-fn percent_decode(s: &str) -> Option<Vec<u8>> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    Some(out)
 }
 
 fn decode_text(s: &str) -> Option<String> {

@@ -286,6 +286,23 @@ impl Drop for TestHub {
     }
 }
 
+/// A rustls client configuration that trusts only the hub's CA, waiting
+/// for the client-certificate choice (`with_no_client_auth` or
+/// `with_client_auth_cert`).
+pub fn hub_tls(
+    hub: &TestHub,
+) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
+    let ca = std::fs::read(hub.ca_file()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+}
+
 /// Asserts that a CLI run succeeded and returns its stdout.
 pub fn ok(out: &Output) -> String {
     assert!(

@@ -80,16 +80,7 @@ impl RawMqtt {
 
     /// Opens TLS presenting a client certificate (PEM chain and key files).
     pub async fn open_with_cert(hub: &TestHub, cert: Option<(&std::path::Path, &std::path::Path)>) -> Self {
-        let ca = std::fs::read(hub.ca_file()).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let config =
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots);
+        let config = super::hub_tls(hub);
         let config = match cert {
             None => config.with_no_client_auth(),
             Some((chain, key)) => {

@@ -197,24 +197,8 @@ impl RequestPath {
 /// result must be UTF-8, and it must not contain `/` (no IoT Hub id may,
 /// and a scope check by segments must see the segments the router saw).
 fn decode_segment(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return None;
-            }
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok().filter(|s| !s.contains('/'))
+    let bytes = ferrohub_core::escape::percent_decode_strict(s)?;
+    String::from_utf8(bytes).ok().filter(|s| !s.contains('/'))
 }
 
 /// The `api-version`s ferrohub answers on IoT Hub's routes: IoT Hub's
