@@ -5,7 +5,9 @@
 //!
 //! The paths: identities and twin tags (REST), desired patches (REST),
 //! reported patches (MQTT), cloud-to-device messages (REST send, read back
-//! over the device HTTPS API), configurations and firmware uploads.
+//! over the device HTTPS API), their feedback (a completion acknowledged
+//! over HTTPS owes a record), configurations and firmware uploads.
+//! Rollout state has its own SIGKILL test (`rollout.rs`).
 //!
 //! `FERROHUB_DURABILITY_CYCLES` sets the number of kill/restart cycles
 //! (default 3, which CI runs; a long run takes 20 or more).
@@ -43,6 +45,9 @@ struct Acks {
     configurations: Vec<String>,
     /// SHA-256 of each acknowledged firmware image.
     firmware: BTreeSet<String>,
+    /// Message ids whose completion (with `iothub-ack: full`) the device
+    /// HTTPS API acknowledged: each owes a feedback record.
+    feedback: BTreeSet<String>,
     /// Acknowledgements per path in the current cycle.
     this_cycle: BTreeMap<&'static str, usize>,
     /// Acknowledgements per path over the whole run.
@@ -83,7 +88,7 @@ impl Ledger {
     }
 }
 
-const PATHS: [&str; 6] = ["registry", "desired", "reported", "c2d", "configurations", "firmware"];
+const PATHS: [&str; 7] = ["registry", "desired", "reported", "c2d", "configurations", "firmware", "feedback"];
 
 fn client(hub: &TestHub) -> ServiceClient {
     ServiceClient::new(&hub.connection_string(), options(hub)).unwrap()
@@ -168,6 +173,32 @@ async fn c2d(c: ServiceClient, cycle: usize, ledger: Ledger) {
                 a.c2d.entry(device.clone()).or_default().insert(id.clone());
             });
         }
+    }
+}
+
+/// Cloud-to-device messages asking for full feedback, received and
+/// completed over the device HTTPS API: each acknowledged completion owes a
+/// `success` feedback record.
+async fn feedback(hub_cs: String, opts: ClientOptions, c: ServiceClient, cycle: usize, ledger: Ledger) {
+    let device = format!("c{cycle}-feedback");
+    if c.create_device(&NewDevice::new(&device)).await.is_err() {
+        return;
+    }
+    let receiver = DeviceHttpClient::new(&hub_cs, Some(&device), opts).unwrap();
+    for m in 0.. {
+        let id = format!("{device}-m{m}");
+        let mut message = C2dMessage::new(id.clone()).message_id(id.clone());
+        message.ack = Some("full".into());
+        if c.send_c2d(&device, &message).await.is_err() {
+            return;
+        }
+        let Ok(Some(received)) = receiver.receive().await else { return };
+        if receiver.settle(&received.lock_token, Settle::Complete).await.is_err() {
+            return;
+        }
+        ledger.record("feedback", |a| {
+            a.feedback.insert(id.clone());
+        });
     }
 }
 
@@ -276,12 +307,23 @@ async fn verify(hub: &TestHub, ledger: &Ledger, device_key: &str, versions: &mut
         assert_eq!(&hex::encode(sha2::Sha256::digest(&body)), sha, "image {sha} is served partial or wrong");
     }
 
+    // Every acknowledged completion has its feedback record; reading the
+    // batches completes them, so the next cycle checks only its own.
+    let mut recorded = BTreeSet::new();
+    while let Some(batch) = c.receive_feedback().await.unwrap() {
+        recorded.extend(batch.records.iter().map(|r| r.original_message_id.clone()));
+        c.complete_feedback(&batch.lock_token).await.unwrap();
+    }
+    let lost: Vec<_> = acks.feedback.difference(&recorded).collect();
+    assert!(lost.is_empty(), "feedback of acknowledged completions lost: {lost:?}");
+
     let problems = ferrohub_store::SqliteStore::check_integrity(&hub.data_dir().join("hub.db")).unwrap();
     assert!(problems.is_empty(), "integrity check: {problems:?}");
 
     let mut live = ledger.acks.lock().unwrap();
     live.c2d.clear();
     live.configurations.clear();
+    live.feedback.clear();
     live.this_cycle.clear();
 }
 
@@ -295,6 +337,7 @@ impl Acks {
             c2d: self.c2d.clone(),
             configurations: self.configurations.clone(),
             firmware: self.firmware.clone(),
+            feedback: self.feedback.clone(),
             this_cycle: BTreeMap::new(),
             total: BTreeMap::new(),
         }
@@ -323,6 +366,7 @@ async fn acknowledged_writes_survive_sigkill_on_every_path() {
             tokio::spawn(c2d(c.clone(), cycle, ledger.clone())),
             tokio::spawn(configurations(c.clone(), cycle, ledger.clone())),
             tokio::spawn(firmware(c.clone(), cycle, images.path().to_owned(), ledger.clone())),
+            tokio::spawn(feedback(hub.connection_string(), options(&hub), c.clone(), cycle, ledger.clone())),
         ];
         // Kill with every path mid-stream.
         ledger.every_path_has(3).await;
