@@ -13,12 +13,14 @@
 //! - [`sas`]: shared access signature tokens, policies and permissions.
 //! - [`connection_string`]: IoT Hub connection strings.
 //! - [`time`]: timestamps in IoT Hub's text form.
+//! - [`fuzz`]: the fuzz targets' entry points (also replayed by `cargo test`).
 
 pub mod c2d;
 pub mod configuration;
 pub mod connection_string;
 pub mod error;
 pub mod firmware;
+pub mod fuzz;
 pub mod identity;
 pub mod message;
 pub mod precondition;
