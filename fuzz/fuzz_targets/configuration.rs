@@ -11,5 +11,8 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let condition = |c: &str| ferrohub_query::parse_condition(c).map(drop).map_err(|e| e.message);
     let metric = |q: &str| ferrohub_query::parse_query(q).map(drop).map_err(|e| e.message);
-    ferrohub_core::fuzz::fuzz_configuration(data, &QueryChecks { target_condition: &condition, metric_query: &metric });
+    ferrohub_core::fuzz::fuzz_configuration(
+        data,
+        &QueryChecks { target_condition: &condition, metric_query: &metric },
+    );
 });

@@ -126,7 +126,9 @@ pub fn fuzz_twin(data: &[u8]) {
         let moved = twin.version - base.version;
         assert_eq!(moved, i64::from(change.changed), "version moves once per change");
         assert_eq!(twin.etag_seq - base.etag_seq, moved as u64, "etag moves with the version");
-        for (section, name) in [(&twin.tags, "tags"), (&twin.desired.props, "desired"), (&twin.reported.props, "reported")] {
+        for (section, name) in
+            [(&twin.tags, "tags"), (&twin.desired.props, "desired"), (&twin.reported.props, "reported")]
+        {
             assert!(limits::validate_props(section, name).is_ok(), "stored {name} passes the limits");
         }
         if let Some(Value::Object(mut patch)) = change.desired_patch {

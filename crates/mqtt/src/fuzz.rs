@@ -194,6 +194,8 @@ mod tests {
             fuzz_decode(data);
             fuzz_batch(data);
         }
-        fuzz_batch(br#"[{"body":"aGk=","properties":{"iothub-app-K":"1","IOTHUB-APP-K":"2","dt-subject":"c"}}]"#);
+        fuzz_batch(
+            br#"[{"body":"aGk=","properties":{"iothub-app-K":"1","IOTHUB-APP-K":"2","dt-subject":"c"}}]"#,
+        );
     }
 }

@@ -43,7 +43,12 @@ mod tests {
     fn bad_batches_are_format_errors() {
         for bad in [&b"{}"[..], b"[{\"body\":\"!!\"}]", b"not json"] {
             let e = parse_batch(bad).unwrap_err();
-            assert_eq!(e.code, ferrohub_core::ErrorCode::IotHubFormatError, "{}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                e.code,
+                ferrohub_core::ErrorCode::IotHubFormatError,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }
