@@ -14,6 +14,7 @@
 //! - [`connection_string`]: IoT Hub connection strings.
 //! - [`throttle`]: IoT Hub's operation throttles as rate limits (time passed in).
 //! - [`time`]: timestamps in IoT Hub's text form.
+//! - [`fuzz`]: the fuzz targets' entry points (also replayed by `cargo test`).
 
 pub mod c2d;
 pub mod configuration;
@@ -21,6 +22,7 @@ pub mod connection_string;
 pub mod error;
 pub mod escape;
 pub mod firmware;
+pub mod fuzz;
 pub mod identity;
 pub mod message;
 pub mod precondition;

@@ -1,10 +1,11 @@
-//! The fuzzing entry point, shared by `fuzz/fuzz_targets/decode.rs` and the
-//! corpus replay test.
+//! The fuzzing entry points, shared by the targets in `fuzz/fuzz_targets/`
+//! (`decode`, `batch`) and the corpus replay tests.
 
 use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::Packet;
 
 use crate::bag::{format_bag, parse_bag, MessageProperties};
+use crate::batch::{parse_batch, APP_PREFIX};
 use crate::frame::{read_packet, write_packet, FrameError, MAX_PACKET, MAX_PACKET_BEFORE_AUTH};
 use crate::pct::quote;
 use crate::topic::{
@@ -122,6 +123,72 @@ fn check_bag(raw: &str) {
     assert_eq!(again, parsed, "bag survives format_bag");
 }
 
+/// Feeds arbitrary bytes to the HTTPS telemetry batch parser
+/// ([`parse_batch`]). It must never panic, and an accepted batch, written
+/// back as a batch (base64 bodies, `iothub-*` property names), must parse
+/// to the same messages; each message's properties must also survive the
+/// MQTT property bag the hub may forward them in.
+pub fn fuzz_batch(data: &[u8]) {
+    let Ok(messages) = parse_batch(data) else { return };
+    let again = parse_batch(render_batch(&messages).as_bytes());
+    // Application properties come out in the order of their keys (as sent,
+    // prefix case included), which the rewrite's lower-case prefix may
+    // change, so they are compared as sets.
+    let sorted = |batch: &[(MessageProperties, Vec<u8>)]| -> Vec<_> {
+        batch
+            .iter()
+            .map(|(props, body)| {
+                let mut app: Vec<_> = props.application.iter().collect();
+                app.sort_unstable();
+                (props.system.clone(), format!("{app:?}"), body.clone())
+            })
+            .collect()
+    };
+    let again = again.as_deref().map(sorted);
+    assert_eq!(again, Ok(sorted(&messages)), "a batch survives being written back");
+    for (props, _) in &messages {
+        let bag = format_bag(&props.system, &props.application);
+        let parsed = parse_bag(&bag);
+        assert_eq!(parsed.system, props.system, "batch system properties survive a bag");
+        check_bag(&bag);
+    }
+}
+
+/// A batch as a device would write it for `messages`.
+fn render_batch(messages: &[(MessageProperties, Vec<u8>)]) -> String {
+    use base64::Engine as _;
+    let entries: Vec<serde_json::Value> = messages
+        .iter()
+        .map(|(props, body)| {
+            let s = &props.system;
+            let mut map = serde_json::Map::new();
+            for (name, value) in [
+                ("iothub-messageid", &s.message_id),
+                ("iothub-correlationid", &s.correlation_id),
+                ("iothub-userid", &s.user_id),
+                ("iothub-to", &s.to),
+                ("iothub-expiry", &s.absolute_expiry_time),
+                ("iothub-contenttype", &s.content_type),
+                ("iothub-contentencoding", &s.content_encoding),
+                ("iothub-interface-id", &s.interface_id),
+                ("dt-subject", &s.component_name),
+            ] {
+                if let Some(v) = value {
+                    map.insert(name.to_owned(), v.clone().into());
+                }
+            }
+            for (k, v) in props.application.iter() {
+                map.insert(format!("{APP_PREFIX}{k}"), v.unwrap_or_default().into());
+            }
+            serde_json::json!({
+                "body": base64::engine::general_purpose::STANDARD.encode(body),
+                "properties": map,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(entries).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +206,10 @@ mod tests {
             b"\xff\xfe%ff%",
         ] {
             fuzz_decode(data);
+            fuzz_batch(data);
         }
+        fuzz_batch(
+            br#"[{"body":"aGk=","properties":{"iothub-app-K":"1","IOTHUB-APP-K":"2","dt-subject":"c"}}]"#,
+        );
     }
 }

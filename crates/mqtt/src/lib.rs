@@ -27,6 +27,7 @@
 //! username and no password).
 
 pub mod bag;
+pub mod batch;
 mod body;
 pub mod device;
 pub mod frame;
@@ -41,7 +42,7 @@ pub use body::error_body;
 pub use frame::{
     read_packet, write_packet, FrameError, MAX_MESSAGE_BYTES, MAX_PACKET, MAX_PACKET_BEFORE_AUTH,
 };
-pub use fuzz::fuzz_decode;
+pub use fuzz::{fuzz_batch, fuzz_decode};
 pub use session::{Accepted, Action, C2dMessage, Close, Ending, Input, Kick, Session};
 pub use topic::{
     c2d, desired_patch, granted_qos, method_request, parse_filter, parse_publish, twin_response, Inbound,

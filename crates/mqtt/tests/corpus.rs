@@ -1,6 +1,8 @@
-//! Replays the checked-in fuzz corpus (`fuzz/corpus/decode/`) through
-//! `fuzz_decode`, so CI exercises it without a nightly toolchain, and checks
-//! what the named seeds are meant to show:
+//! Replays the checked-in fuzz corpora through the entry points the targets
+//! call, so CI exercises them on stable Rust (docs/fuzzing.md):
+//! `fuzz/corpus/batch/` through `fuzz_batch`, and `fuzz/corpus/decode/`
+//! through `fuzz_decode`, checking what decode's named seeds are meant to
+//! show:
 //!
 //! - `ok-*`: frames into packets with nothing left over, under both caps;
 //! - `bad-*`: framing fails (or the bytes never complete a packet);
@@ -16,8 +18,8 @@ use std::fs;
 use std::path::PathBuf;
 
 use ferrohub_mqtt::{
-    fuzz_decode, parse_filter, parse_publish, read_packet, write_packet, BytesMut, Connect, LastWill, Login,
-    Packet, PubAck, Publish, QoS, Subscribe, SubscribeFilter, Unsubscribe, MAX_PACKET,
+    fuzz_batch, fuzz_decode, parse_filter, parse_publish, read_packet, write_packet, BytesMut, Connect,
+    LastWill, Login, Packet, PubAck, Publish, QoS, Subscribe, SubscribeFilter, Unsubscribe, MAX_PACKET,
     MAX_PACKET_BEFORE_AUTH,
 };
 
@@ -72,6 +74,17 @@ fn corpus_replays_without_panics() {
             assert!(!broken, "{name} should frame");
             assert!(packets.iter().any(refused), "{name} should hold a refused topic");
         }
+    }
+}
+
+#[test]
+fn batch_corpus_replays() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/batch");
+    let mut entries: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    assert!(entries.len() >= 4, "batch corpus has {} files", entries.len());
+    for path in entries {
+        fuzz_batch(&fs::read(&path).unwrap());
     }
 }
 

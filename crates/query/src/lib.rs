@@ -123,6 +123,7 @@ pub mod ast;
 pub mod error;
 pub mod eval;
 pub mod exec;
+mod fuzz;
 pub mod lexer;
 pub mod parser;
 
@@ -133,4 +134,5 @@ pub use ast::{
 pub use error::QueryError;
 pub use eval::{evaluate, matches};
 pub use exec::{execute, ItemType, QueryResult};
+pub use fuzz::fuzz_query;
 pub use parser::{parse_condition, parse_query, MAX_QUERY_CHARS};
