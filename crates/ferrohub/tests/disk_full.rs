@@ -65,6 +65,9 @@ async fn a_full_disk_refuses_writes_loses_nothing_and_recovers() {
     let cs = format!("HostName=localhost;DeviceId=mqtt-device;SharedAccessKey={key}");
     let mqtt = DeviceClient::connect(&cs, options).await.unwrap();
     let reported = mqtt.update_reported(&json!({"seq": 1})).await.unwrap();
+    // A second device that connects only once the disk is full.
+    let second = c.create_device(&NewDevice::new("mqtt-late")).await.unwrap();
+    let second_key = second.authentication.symmetric_key.primary_key.clone();
 
     let filler = disk.mount.join("filler");
     fill(&filler);
@@ -90,6 +93,12 @@ async fn a_full_disk_refuses_writes_loses_nothing_and_recovers() {
         Err(ferrohub_device_client::Error::Hub { status, .. }) => assert_eq!(status, 503),
         other => panic!("a reported patch on a full disk: {other:?}"),
     }
+
+    // A persistent session cannot be recorded: CONNACK 3, server
+    // unavailable, which the SDKs retry.
+    let password = common::mqtt::token("mqtt-late", &second_key, common::mqtt::now_unix() + 600);
+    let (_late, ack) = common::mqtt::RawMqtt::connect(&hub, "mqtt-late", &password, 60, false).await;
+    assert_eq!(ack.code, ferrohub_mqtt::v4::ConnectReturnCode::ServiceUnavailable);
 
     // Reads go on, and what was acknowledged is there.
     for id in &acked {

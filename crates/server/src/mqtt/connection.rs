@@ -132,7 +132,21 @@ pub(crate) async fn serve(state: Arc<Hub>, mut transport: Transport, client_cert
     }
     let span = tracing::info_span!("device", device_id = %who.device_id);
     async move {
-        match Link::start(state, transport, buf, connect, who).await {
+        // The session is recorded before anything is accepted; when the
+        // store cannot take that write (a full disk, a failing store) the
+        // device gets CONNACK 3, server unavailable, which the SDKs retry,
+        // rather than a connection closed without an answer.
+        let conn = match state.sessions.connect(&who.device_id, !connect.clean_session).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(%e, "session could not be recorded; CONNACK 3");
+                let refused = ConnAck::new(ConnectReturnCode::ServiceUnavailable, false);
+                let _ = send(&mut transport, &Packet::ConnAck(refused)).await;
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, transport.shutdown()).await;
+                return;
+            }
+        };
+        match Link::start(state, conn, transport, buf, connect, who).await {
             Ok((link, first)) => {
                 let end = link.run(first).await;
                 tracing::info!(?end, "device disconnected");
@@ -188,6 +202,7 @@ impl Link {
     /// [`run`](Self::run).
     async fn start(
         state: Arc<Hub>,
+        mut conn: crate::hub::sessions::DeviceConnection,
         transport: Transport,
         buf: BytesMut,
         mut connect: ferrohub_mqtt::v4::Connect,
@@ -196,7 +211,6 @@ impl Link {
         let device_id = who.device_id;
         let will = connect.last_will.take();
         let will_topic = will.as_ref().map(|w| w.topic.clone());
-        let mut conn = state.sessions.connect(&device_id, !connect.clean_session).await?;
         let rx = conn.take_outbound().ok_or_else(|| violation("outbound queue taken"))?;
         let session_present = conn.session_present();
         let now_unix = clock::unix_seconds();
