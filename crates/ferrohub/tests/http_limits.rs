@@ -37,6 +37,19 @@ async fn tcp_from(source: IpAddr, port: u16) -> std::io::Result<TcpStream> {
 }
 
 /// A TLS connection (handshake done) to `port` from `source`.
+/// A TLS connection from `source` once the hub has seen a released place:
+/// polled, since nothing tells the client when the hub noticed the close.
+async fn tls_once_released(hub: &TestHub, source: IpAddr, port: u16) -> TlsStream<TcpStream> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match tls_from(hub, source, port).await {
+            Ok(conn) => return conn,
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => panic!("the released place was not given back: {e}"),
+        }
+    }
+}
+
 async fn tls_from(hub: &TestHub, source: IpAddr, port: u16) -> std::io::Result<TlsStream<TcpStream>> {
     let tcp = tcp_from(source, port).await?;
     let connector = tokio_rustls::TlsConnector::from(tls_config(hub));
@@ -329,20 +342,9 @@ async fn one_peer_over_its_cap_is_closed_while_another_gets_in() {
     assert!(statistics(&hub, &rest_from(&hub, ATTACKER)).await.is_err());
     // Another peer is served.
     assert_eq!(statistics(&hub, &rest_from(&hub, HONEST)).await.unwrap(), 200);
-    // A place given back is taken again (as soon as the hub has seen the
-    // close: polled, there is no event to wait for from here).
+    // A place given back is taken again.
     drop(held.pop());
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        match tls_from(&hub, ATTACKER, port).await {
-            Ok(conn) => {
-                held.push(conn);
-                break;
-            }
-            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
-            Err(e) => panic!("the released place was not given back: {e}"),
-        }
-    }
+    held.push(tls_once_released(&hub, ATTACKER, port).await);
 }
 
 #[tokio::test]
@@ -355,17 +357,7 @@ async fn the_mqtt_port_closes_connections_over_its_cap() {
     // The HTTPS port has its own budget.
     assert_eq!(statistics(&hub, &rest_from(&hub, HONEST)).await.unwrap(), 200);
     drop(held.pop());
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        match tls_from(&hub, HONEST, port).await {
-            Ok(conn) => {
-                held.push(conn);
-                break;
-            }
-            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
-            Err(e) => panic!("the released place was not given back: {e}"),
-        }
-    }
+    held.push(tls_once_released(&hub, HONEST, port).await);
 }
 
 #[tokio::test]
