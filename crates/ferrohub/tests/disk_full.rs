@@ -13,9 +13,10 @@ use std::io::Write;
 use std::path::Path;
 
 use common::disk::SmallDisk;
+use common::mqtt::service;
 use common::TestHub;
 use ferrohub_device_client::{DeviceClient, DeviceOptions};
-use ferrohub_service_client::{ClientOptions, NewDevice, ServiceClient};
+use ferrohub_service_client::{NewDevice, ServiceClient};
 use serde_json::json;
 
 /// Writes zeros to `path` until the file system says it is full.
@@ -28,14 +29,6 @@ fn fill(path: &Path) {
             return;
         }
     }
-}
-
-fn client(hub: &TestHub) -> ServiceClient {
-    ServiceClient::new(
-        &hub.connection_string(),
-        ClientOptions { port: Some(hub.https_port()), ca_file: Some(hub.ca_file()), ..Default::default() },
-    )
-    .unwrap()
 }
 
 /// A device whose twin carries a few KB, so the store needs new pages soon.
@@ -53,7 +46,7 @@ async fn a_full_disk_refuses_writes_loses_nothing_and_recovers() {
     };
     let data_dir = disk.mount.join("data");
     let mut hub = TestHub::start_in(Some(data_dir.clone()), &[]);
-    let c = client(&hub);
+    let c = service(&hub);
     write_one(&c, "before").await.unwrap();
     let device = c.create_device(&NewDevice::new("mqtt-device")).await.unwrap();
     let key = device.authentication.symmetric_key.primary_key.clone();
@@ -115,7 +108,7 @@ async fn a_full_disk_refuses_writes_loses_nothing_and_recovers() {
 
     // Everything acknowledged survives a SIGKILL, and the file is sound.
     hub.restart();
-    let c = client(&hub);
+    let c = service(&hub);
     for id in &acked {
         let twin = c.get_twin(id).await.unwrap_or_else(|e| panic!("{id} lost after the full disk: {e}"));
         assert_eq!(twin["tags"]["pad"].as_str().map(str::len), Some(4000), "{id}");

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::mqtt::{http, now_unix, token};
+use common::mqtt::{http, now_unix, service, token};
 use common::TestHub;
 use ferrohub_device_client::{DeviceClient, DeviceOptions};
 use ferrohub_service_client::{
@@ -30,7 +30,7 @@ use sha2::Digest;
 use tokio::sync::Notify;
 
 /// Every write the hub acknowledged, by path.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Acks {
     /// Device id and, once tagged, the highest acknowledged `tags.seq`.
     registry: BTreeMap<String, u64>,
@@ -89,10 +89,6 @@ impl Ledger {
 }
 
 const PATHS: [&str; 7] = ["registry", "desired", "reported", "c2d", "configurations", "firmware", "feedback"];
-
-fn client(hub: &TestHub) -> ServiceClient {
-    ServiceClient::new(&hub.connection_string(), options(hub)).unwrap()
-}
 
 fn options(hub: &TestHub) -> ClientOptions {
     ClientOptions { port: Some(hub.https_port()), ca_file: Some(hub.ca_file()), ..Default::default() }
@@ -242,8 +238,8 @@ async fn firmware(c: ServiceClient, cycle: usize, dir: std::path::PathBuf, ledge
 
 /// Checks every acknowledged write against the restarted hub.
 async fn verify(hub: &TestHub, ledger: &Ledger, device_key: &str, versions: &mut (i64, i64)) {
-    let c = client(hub);
-    let mut acks = ledger.acks.lock().unwrap().clone_for_check();
+    let c = service(hub);
+    let mut acks = ledger.acks.lock().unwrap().clone();
 
     for (id, seq) in &acks.registry {
         let twin = c.get_twin(id).await.unwrap_or_else(|e| panic!("{id} lost: {e}"));
@@ -327,30 +323,13 @@ async fn verify(hub: &TestHub, ledger: &Ledger, device_key: &str, versions: &mut
     live.this_cycle.clear();
 }
 
-impl Acks {
-    /// The part `verify` reads, taken out so no lock is held across awaits.
-    fn clone_for_check(&self) -> Acks {
-        Acks {
-            registry: self.registry.clone(),
-            desired: self.desired,
-            reported: self.reported,
-            c2d: self.c2d.clone(),
-            configurations: self.configurations.clone(),
-            firmware: self.firmware.clone(),
-            feedback: self.feedback.clone(),
-            this_cycle: BTreeMap::new(),
-            total: BTreeMap::new(),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_sigkill_on_every_path() {
     let cycles: usize =
         std::env::var("FERROHUB_DURABILITY_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let images = tempfile::tempdir().unwrap();
     let mut hub = TestHub::start();
-    let c = client(&hub);
+    let c = service(&hub);
     c.create_device(&NewDevice::new("durable-desired")).await.unwrap();
     let device = c.create_device(&NewDevice::new("durable-reported")).await.unwrap();
     let key = device.authentication.symmetric_key.primary_key.clone();
@@ -358,7 +337,7 @@ async fn acknowledged_writes_survive_sigkill_on_every_path() {
     let ledger = Ledger::default();
     let mut versions = (0, 0);
     for cycle in 0..cycles {
-        let c = client(&hub);
+        let c = service(&hub);
         let writers = vec![
             tokio::spawn(registry(c.clone(), cycle, ledger.clone())),
             tokio::spawn(desired(c.clone(), ledger.clone())),

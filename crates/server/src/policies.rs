@@ -106,12 +106,7 @@ impl PolicyFile {
         let policies = renewed(&auth.policies(), name, which, &mut new_key)?;
         validate_policies(&policies)?;
         let json = serde_json::to_vec_pretty(&policies).map_err(|e| HubError::internal(e.to_string()))?;
-        let written = write_private(&self.path, &json).and_then(|()| match self.path.parent() {
-            // The rename is durable only once the directory is synced.
-            Some(dir) => std::fs::File::open(dir).and_then(|d| d.sync_all()),
-            None => Ok(()),
-        });
-        if let Err(e) = written {
+        if let Err(e) = write_private(&self.path, &json) {
             tracing::error!(error = %e, path = %self.path.display(), "writing the policies failed");
             return Err(HubError::internal("The policies could not be saved; nothing was changed"));
         }
