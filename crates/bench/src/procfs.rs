@@ -10,6 +10,18 @@ pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     status_field(pid, "VmRSS:")
 }
 
+/// Resident memory split by what backs it, in KiB: anonymous (the heap,
+/// stacks, SQLite's page cache) and file-backed (the binary and the
+/// database's memory map, which the kernel may drop at any time).
+pub(crate) struct RssParts {
+    pub(crate) anon_kib: u64,
+    pub(crate) file_kib: u64,
+}
+
+pub(crate) fn rss_parts(pid: u32) -> anyhow::Result<RssParts> {
+    Ok(RssParts { anon_kib: status_field(pid, "RssAnon:")?, file_kib: status_field(pid, "RssFile:")? })
+}
+
 fn status_field(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
@@ -54,6 +66,9 @@ mod tests {
     fn this_process_can_be_read() {
         let me = std::process::id();
         assert!(rss_kib(me).unwrap() > 0);
+        let parts = rss_parts(me).unwrap();
+        assert!(parts.anon_kib > 0 && parts.file_kib > 0);
+        assert!(parts.anon_kib + parts.file_kib <= rss_kib(me).unwrap() + 1024);
         assert!(open_files_limit(me).unwrap() > 0);
         let before = cpu_time(me).unwrap();
         let mut x = 0u64;

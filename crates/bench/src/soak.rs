@@ -165,6 +165,14 @@ async fn back_end(s: ServiceClient, devices: usize, until: Instant, tally: Share
     }
 }
 
+/// The database file and its write-ahead log: the store's memory map and
+/// page cache grow with them, so RSS is read beside them.
+fn database_bytes(data_dir: &std::path::Path) -> u64 {
+    let db = data_dir.join(ferrohub_server::DB_FILE);
+    let wal = data_dir.join(format!("{}-wal", ferrohub_server::DB_FILE));
+    [db, wal].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
+}
+
 async fn configuration_cycle(s: &ServiceClient, n: usize) -> anyhow::Result<()> {
     let id = format!("soak-cfg-{n}");
     let created = s
@@ -223,11 +231,20 @@ pub(crate) async fn run(args: &SoakArgs) -> anyhow::Result<()> {
     let mut at = Instant::now();
     loop {
         let rss = procfs::rss_kib(pid)?;
+        let parts = procfs::rss_parts(pid)?;
         let fds = fleet::open_fds(pid);
         let cpu = procfs::cpu_time(pid)?;
         let busy = (cpu - cpu_before).as_secs_f64() / at.elapsed().as_secs_f64().max(0.001);
         (cpu_before, at) = (cpu, Instant::now());
-        samples.push(json!({"s": started.elapsed().as_secs(), "rss_mib": rss / 1024, "fds": fds, "cpu_cores": (busy * 100.0).round() / 100.0}));
+        samples.push(json!({
+            "s": started.elapsed().as_secs(),
+            "rss_mib": rss / 1024,
+            "anon_mib": parts.anon_kib / 1024,
+            "file_mib": parts.file_kib / 1024,
+            "db_mib": database_bytes(&hub.data_dir) / (1024 * 1024),
+            "fds": fds,
+            "cpu_cores": (busy * 100.0).round() / 100.0,
+        }));
         if Instant::now() >= until {
             break;
         }
@@ -245,6 +262,16 @@ pub(crate) async fn run(args: &SoakArgs) -> anyhow::Result<()> {
     report.row("hub open files, first / last sample", format!("{} / {}", first["fds"], last["fds"]));
     let peak = samples.iter().filter_map(|s| s["rss_mib"].as_u64()).max().unwrap_or(0);
     report.row("hub RSS MiB, peak", peak);
+    report.row(
+        "hub anonymous RSS MiB, first / last sample",
+        format!("{} / {}", first["anon_mib"], last["anon_mib"]),
+    );
+    report.row(
+        "hub file-backed RSS MiB, first / last sample",
+        format!("{} / {}", first["file_mib"], last["file_mib"]),
+    );
+    report
+        .row("database + WAL MiB, first / last sample", format!("{} / {}", first["db_mib"], last["db_mib"]));
     let t = std::mem::take(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()));
     for (op, h) in &t.latency {
         let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;

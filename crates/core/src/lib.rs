@@ -19,6 +19,7 @@
 pub mod c2d;
 pub mod configuration;
 pub mod connection_string;
+pub mod daily_quota;
 pub mod error;
 pub mod escape;
 pub mod firmware;

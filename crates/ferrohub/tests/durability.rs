@@ -6,8 +6,11 @@
 //! The paths: identities and twin tags (REST), desired patches (REST),
 //! reported patches (MQTT), cloud-to-device messages (REST send, read back
 //! over the device HTTPS API), their feedback (a completion acknowledged
-//! over HTTPS owes a record), configurations and firmware uploads.
-//! Rollout state has its own SIGKILL test (`rollout.rs`).
+//! over HTTPS owes a record), configurations, the configuration engine's
+//! own writes (a configuration applied to twins whose tags flip in and out
+//! of its target: after a restart the engine finishes what it was doing and
+//! its metrics match the twins) and firmware uploads. Rollout state has its
+//! own SIGKILL test (`rollout.rs`).
 //!
 //! `FERROHUB_DURABILITY_CYCLES` sets the number of kill/restart cycles
 //! (default 3, which CI runs; a long run takes 20 or more).
@@ -48,6 +51,9 @@ struct Acks {
     /// Message ids whose completion (with `iothub-ack: full`) the device
     /// HTTPS API acknowledged: each owes a feedback record.
     feedback: BTreeSet<String>,
+    /// The configuration the engine path created this cycle, and each
+    /// engine device's last acknowledged `tags.engine` (`on` or `off`).
+    engine: (Option<String>, BTreeMap<String, bool>),
     /// Acknowledgements per path in the current cycle.
     this_cycle: BTreeMap<&'static str, usize>,
     /// Acknowledgements per path over the whole run.
@@ -88,7 +94,11 @@ impl Ledger {
     }
 }
 
-const PATHS: [&str; 7] = ["registry", "desired", "reported", "c2d", "configurations", "firmware", "feedback"];
+const PATHS: [&str; 8] =
+    ["registry", "desired", "reported", "c2d", "configurations", "firmware", "feedback", "engine"];
+
+/// Devices the engine path's configuration targets while tagged `on`.
+const ENGINE_DEVICES: usize = 60;
 
 fn options(hub: &TestHub) -> ClientOptions {
     ClientOptions { port: Some(hub.https_port()), ca_file: Some(hub.ca_file()), ..Default::default() }
@@ -215,6 +225,69 @@ async fn configurations(c: ServiceClient, cycle: usize, ledger: Ledger) {
     }
 }
 
+/// The configuration engine's writes: a configuration setting
+/// `desired.engine` on twins tagged `engine = 'on'`, then tags flipped on
+/// and off across the engine devices, each flip making the engine apply
+/// (or stop counting) the configuration on that twin.
+async fn engine(c: ServiceClient, cycle: usize, ledger: Ledger) {
+    let id = format!("c{cycle}-engine");
+    let body = json!({
+        "id": id,
+        "content": {"deviceContent": {"properties.desired.engine": cycle}},
+        "targetCondition": "tags.engine = 'on'",
+        "priority": cycle + 10
+    });
+    if c.create_configuration(&body).await.is_err() {
+        return;
+    }
+    ledger.record("engine", |a| a.engine.0 = Some(id.clone()));
+    for flip in 0usize.. {
+        let device = format!("engine-{}", flip % ENGINE_DEVICES);
+        // Most flips turn a twin on, so most of the fleet is targeted.
+        let on = flip % 3 != 0;
+        let tag = if on { "on" } else { "off" };
+        if c.update_twin(&device, &json!({"tags": {"engine": tag}}), "*").await.is_err() {
+            return;
+        }
+        ledger.record("engine", |a| {
+            a.engine.1.insert(device.clone(), on);
+        });
+    }
+}
+
+/// Waits (up to a minute) until the engine's configuration counts every
+/// twin tagged on as targeted and applied, then checks the twins: each one
+/// on holds the configuration's value, and no desired `$version` went back.
+async fn verify_engine(c: &ServiceClient, acks: &Acks, versions: &mut BTreeMap<String, i64>) {
+    let Some(id) = &acks.engine.0 else { return };
+    let on: BTreeSet<&String> = acks.engine.1.iter().filter(|(_, on)| **on).map(|(d, _)| d).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let cfg = loop {
+        let cfg = c.get_configuration(id).await.unwrap_or_else(|e| panic!("configuration {id} lost: {e}"));
+        let metric = |m: &str| cfg["systemMetrics"]["results"][m].as_u64().unwrap_or(0);
+        // Un-acknowledged flips may have landed too, so the counts are at
+        // least the acknowledged ones and equal to each other.
+        if metric("targetedCount") >= on.len() as u64 && metric("appliedCount") == metric("targetedCount") {
+            break cfg;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the engine never caught up after restart: {cfg}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let value = cfg["content"]["deviceContent"]["properties.desired.engine"].clone();
+    for i in 0..ENGINE_DEVICES {
+        let device = format!("engine-{i}");
+        let twin = c.get_twin(&device).await.unwrap();
+        let desired = &twin["properties"]["desired"];
+        if on.contains(&device) {
+            assert_eq!(desired["engine"], value, "{device} is tagged on but lacks {id}'s content: {twin}");
+        }
+        let v = desired["$version"].as_i64().unwrap();
+        let before = versions.insert(device.clone(), v).unwrap_or(0);
+        assert!(v >= before, "{device}: desired $version went back from {before} to {v}");
+    }
+    c.delete_configuration(id, cfg["etag"].as_str().unwrap()).await.unwrap();
+}
+
 /// Firmware uploads of 256 KiB images, each different.
 async fn firmware(c: ServiceClient, cycle: usize, dir: std::path::PathBuf, ledger: Ledger) {
     for i in 0u32.. {
@@ -237,7 +310,13 @@ async fn firmware(c: ServiceClient, cycle: usize, dir: std::path::PathBuf, ledge
 }
 
 /// Checks every acknowledged write against the restarted hub.
-async fn verify(hub: &TestHub, ledger: &Ledger, device_key: &str, versions: &mut (i64, i64)) {
+async fn verify(
+    hub: &TestHub,
+    ledger: &Ledger,
+    device_key: &str,
+    versions: &mut (i64, i64),
+    engine_versions: &mut BTreeMap<String, i64>,
+) {
     let c = service(hub);
     let mut acks = ledger.acks.lock().unwrap().clone();
 
@@ -281,6 +360,8 @@ async fn verify(hub: &TestHub, ledger: &Ledger, device_key: &str, versions: &mut
         c.delete_configuration(&id, cfg["etag"].as_str().unwrap()).await.unwrap();
     }
 
+    verify_engine(&c, &acks, engine_versions).await;
+
     // Acknowledged images are listed; every listed image is whole.
     let listed: BTreeSet<String> =
         c.list_firmware().await.unwrap().iter().map(|r| r["sha256"].as_str().unwrap().to_owned()).collect();
@@ -320,6 +401,7 @@ async fn verify(hub: &TestHub, ledger: &Ledger, device_key: &str, versions: &mut
     live.c2d.clear();
     live.configurations.clear();
     live.feedback.clear();
+    live.engine.0 = None;
     live.this_cycle.clear();
 }
 
@@ -333,9 +415,13 @@ async fn acknowledged_writes_survive_sigkill_on_every_path() {
     c.create_device(&NewDevice::new("durable-desired")).await.unwrap();
     let device = c.create_device(&NewDevice::new("durable-reported")).await.unwrap();
     let key = device.authentication.symmetric_key.primary_key.clone();
+    for i in 0..ENGINE_DEVICES {
+        c.create_device(&NewDevice::new(format!("engine-{i}"))).await.unwrap();
+    }
 
     let ledger = Ledger::default();
     let mut versions = (0, 0);
+    let mut engine_versions = BTreeMap::new();
     for cycle in 0..cycles {
         let c = service(&hub);
         let writers = vec![
@@ -344,6 +430,7 @@ async fn acknowledged_writes_survive_sigkill_on_every_path() {
             tokio::spawn(reported(hub.mqtt_port(), hub.ca_file(), key.clone(), ledger.clone())),
             tokio::spawn(c2d(c.clone(), cycle, ledger.clone())),
             tokio::spawn(configurations(c.clone(), cycle, ledger.clone())),
+            tokio::spawn(engine(c.clone(), cycle, ledger.clone())),
             tokio::spawn(firmware(c.clone(), cycle, images.path().to_owned(), ledger.clone())),
             tokio::spawn(feedback(hub.connection_string(), options(&hub), c.clone(), cycle, ledger.clone())),
         ];
@@ -354,7 +441,7 @@ async fn acknowledged_writes_survive_sigkill_on_every_path() {
             w.await.unwrap();
         }
         hub.restart();
-        verify(&hub, &ledger, &key, &mut versions).await;
+        verify(&hub, &ledger, &key, &mut versions, &mut engine_versions).await;
     }
     let acks = ledger.acks.lock().unwrap();
     eprintln!("{cycles} SIGKILL cycles; acknowledged writes checked: {:?}", acks.total);

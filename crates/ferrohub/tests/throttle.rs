@@ -3,7 +3,9 @@
 //! with `Retry-After` (and passes again after it), MQTT twin requests get
 //! status 429, MQTT telemetry is paced by holding PUBACKs (none lost),
 //! connects beyond the rate get CONNACK 3; and a device that floods
-//! `/events` does not push out another device's history.
+//! `/events` does not push out another device's history; and the daily
+//! message quota refuses metered operations with 403 once used, across a
+//! restart.
 
 #![allow(clippy::unwrap_used)]
 
@@ -271,4 +273,72 @@ async fn https_c2d_receives_and_configuration_calls_have_their_own_throttles() {
     assert_eq!(call(&hub, Method::GET, list, &owner, None).await.status().as_u16(), 200);
     assert_throttled(call(&hub, Method::GET, list, &owner, None).await).await;
     assert_eq!((throttled(&hub, "c2d-receive").await, throttled(&hub, "configuration").await), (1, 1));
+}
+
+/// `/statistics/service`'s daily quota: messages counted today.
+async fn used_today(hub: &TestHub) -> u64 {
+    let res =
+        call(hub, Method::GET, "/statistics/service?api-version=2021-04-12", &owner_token(hub), None).await;
+    let stats: Value = res.json().await.unwrap();
+    stats["dailyQuota"]["used"].as_u64().unwrap_or_else(|| panic!("no daily quota in {stats}"))
+}
+
+/// One HTTPS telemetry send of `device`.
+async fn send_event(hub: &TestHub, device: &str, key: &str, content_type: &str, body: String) -> Response {
+    let path = format!("/devices/{device}/messages/events?api-version=2021-04-12");
+    let auth = token(device, key, now_unix() + 3600);
+    call(hub, Method::POST, &path, &auth, Some((content_type, body))).await
+}
+
+async fn assert_over_quota(res: Response) {
+    let status = res.status().as_u16();
+    let code = res.headers().get("iothub-errorcode").map(|v| v.to_str().unwrap().to_owned());
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(code.as_deref(), Some("IotHubQuotaExceeded"));
+    assert!(body["Message"].as_str().unwrap().starts_with("ErrorCode:IotHubQuotaExceeded;"), "{body}");
+}
+
+#[tokio::test]
+async fn the_daily_quota_counts_chunks_refuses_with_403_and_survives_a_restart() {
+    let mut hub = TestHub::start_with(&["--daily-quota", "6"]);
+    let key = create_device(&hub, "q").await;
+
+    // One byte over 4 KB is two messages; a batch of three is three.
+    assert_eq!(send_event(&hub, "q", &key, "text/plain", "x".repeat(4097)).await.status().as_u16(), 204);
+    assert_eq!(used_today(&hub).await, 2);
+    let batch = |n: usize| format!("[{}]", vec![r#"{"body":"YQ=="}"#; n].join(","));
+    assert_eq!(
+        send_event(&hub, "q", &key, "application/vnd.microsoft.iothub.json", batch(3))
+            .await
+            .status()
+            .as_u16(),
+        204
+    );
+    assert_eq!(used_today(&hub).await, 5);
+    // Two do not fit in the one left: refused whole, nothing counted.
+    assert_over_quota(send_event(&hub, "q", &key, "application/vnd.microsoft.iothub.json", batch(2)).await)
+        .await;
+    assert_eq!(used_today(&hub).await, 5);
+    assert_eq!(send_event(&hub, "q", &key, "text/plain", "last".into()).await.status().as_u16(), 204);
+    // Twin reads are metered too; registry operations are not.
+    let twin = call(&hub, Method::GET, "/twins/q?api-version=2021-04-12", &owner_token(&hub), None).await;
+    assert_over_quota(twin).await;
+    create_device(&hub, "still-allowed").await;
+
+    // Over MQTT the connect is allowed and the first message ends the
+    // connection, unacknowledged, as IoT Hub does.
+    let (mut c, ack) = RawMqtt::device(&hub, "q", &key, true).await;
+    assert_eq!(ack.code, ConnectReturnCode::Success);
+    let mut p = Publish::new("devices/q/messages/events/", QoS::AtLeastOnce, b"over".to_vec());
+    p.pkid = 1;
+    c.send(Packet::Publish(p)).await;
+    assert!(c.closed().await, "the hub kept the connection of a device over the quota");
+    let events = recent_events(&hub, "q", 5).await;
+    assert_eq!(events[4]["body"], "last", "the refused MQTT message was delivered");
+
+    // A restart does not hand out a new allowance.
+    hub.restart_gracefully();
+    assert_eq!(used_today(&hub).await, 6);
+    assert_over_quota(send_event(&hub, "q", &key, "text/plain", "again".into()).await).await;
 }

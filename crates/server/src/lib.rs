@@ -92,6 +92,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         host_names: auth_names,
         full_pass: opts.config_eval_interval.unwrap_or(DEFAULT_FULL_PASS),
         quotas: opts.quotas,
+        daily_quota: opts.daily_quota,
         firmware_base_uri: firmware_base_uri(&host_names[0], https.port),
         rollout_step: Duration::from_secs(1),
         firmware_limits: opts.firmware_limits,
@@ -150,6 +151,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     handle.graceful_shutdown(Some(Duration::from_secs(5)));
     HubInfo::remove(dir);
+    hub.throttles.persist_daily();
     tasks.abort_all();
     result
 }

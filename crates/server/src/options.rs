@@ -31,6 +31,9 @@ pub struct ServeOptions {
     /// IoT Hub's operation throttles (a tier's, with overrides); the
     /// default is none.
     pub quotas: ferrohub_core::throttle::Quotas,
+    /// IoT Hub's daily message quota (a tier's, or set alone); the default
+    /// is none.
+    pub daily_quota: Option<ferrohub_core::daily_quota::DailyQuota>,
     /// Timeouts and connection caps of both ports.
     pub limits: ConnectionOptions,
 }

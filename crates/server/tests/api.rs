@@ -53,6 +53,7 @@ impl Api {
             rollout_step: std::time::Duration::from_secs(3600),
             firmware_limits: Default::default(),
             quotas: Default::default(),
+            daily_quota: None,
         })
         .await
         .unwrap();

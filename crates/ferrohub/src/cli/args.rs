@@ -131,12 +131,35 @@ pub(crate) struct ServeArgs {
     /// configuration, connect.
     #[arg(long = "throttle", env = "FERROHUB_THROTTLE", value_name = "CLASS=RATE", value_delimiter = ',')]
     pub(crate) throttles: Vec<String>,
+    /// Messages per UTC day (IoT Hub's daily quota: free 8,000; s1, s2, s3
+    /// 400,000, 6,000,000, 300,000,000 per unit), overriding --tier's, or
+    /// `unlimited`. Messages count in 4 KB chunks (0.5 KB on the free tier),
+    /// twin operations and query results in 0.5 KB chunks.
+    #[arg(long, env = "FERROHUB_DAILY_QUOTA", value_name = "N|unlimited", value_parser = parse_daily_quota)]
+    pub(crate) daily_quota: Option<DailyQuotaArg>,
     #[command(flatten)]
     pub(crate) limits: super::serve::LimitArgs,
 }
 
 fn parse_tier(s: &str) -> Result<ferrohub_core::throttle::Tier, String> {
     s.parse()
+}
+
+/// `--daily-quota`: a message count, or none at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DailyQuotaArg {
+    Messages(u64),
+    Unlimited,
+}
+
+fn parse_daily_quota(s: &str) -> Result<DailyQuotaArg, String> {
+    match s.trim() {
+        "unlimited" | "none" => Ok(DailyQuotaArg::Unlimited),
+        n => match n.replace(['_', ','], "").parse::<u64>() {
+            Ok(0) | Err(_) => Err(format!("`{s}`: a whole number of messages (at least 1) or `unlimited`")),
+            Ok(n) => Ok(DailyQuotaArg::Messages(n)),
+        },
+    }
 }
 
 /// Output formats, as az's `--output`.

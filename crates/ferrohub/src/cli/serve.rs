@@ -10,7 +10,10 @@ use ferrohub_server::options::{ConnectionOptions, MIN_HTTP_MAX_HEADER_BYTES};
 use ferrohub_server::ServeOptions;
 use tracing_subscriber::EnvFilter;
 
-use super::args::ServeArgs;
+use ferrohub_core::daily_quota::DailyQuota;
+use ferrohub_core::throttle::Tier;
+
+use super::args::{DailyQuotaArg, ServeArgs};
 use super::context;
 
 /// The server's options from the command line.
@@ -35,8 +38,22 @@ pub(crate) fn options(args: ServeArgs) -> anyhow::Result<ServeOptions> {
             args.firmware_free_space_reserve,
         ),
         quotas,
+        daily_quota: daily_quota(args.tier, args.units, args.daily_quota),
         limits: args.limits.options(),
     })
+}
+
+/// The tier's daily quota, or `--daily-quota`'s count in the tier's message
+/// size (4 KB where the tier is unlimited).
+fn daily_quota(tier: Tier, units: u32, arg: Option<DailyQuotaArg>) -> Option<DailyQuota> {
+    let of_tier = DailyQuota::for_tier(tier, units);
+    match arg {
+        None => of_tier,
+        Some(DailyQuotaArg::Unlimited) => None,
+        Some(DailyQuotaArg::Messages(messages)) => {
+            Some(DailyQuota { messages, message_chunk: of_tier.map_or(4096, |q| q.message_chunk) })
+        }
+    }
 }
 
 /// The firmware store's limits: each flag given, else its default.
@@ -213,6 +230,26 @@ mod tests {
         assert_eq!(q.get(Class::TwinUpdate), Some(Quota::per_second(500)));
         assert!(parse(&["--throttle", "twin-read=fast"]).is_err());
         assert!(Cli::try_parse_from(["ferrohub", "serve", "--tier", "s9"]).is_err());
+    }
+
+    #[test]
+    fn the_daily_quota_follows_the_tier_unless_set() {
+        assert_eq!(daily_quota(Tier::Unlimited, 1, None), None);
+        assert_eq!(daily_quota(Tier::S2, 3, None), DailyQuota::for_tier(Tier::S2, 3));
+        assert_eq!(daily_quota(Tier::S1, 1, Some(DailyQuotaArg::Unlimited)), None);
+        let free = daily_quota(Tier::Free, 1, Some(DailyQuotaArg::Messages(50))).unwrap();
+        assert_eq!((free.messages, free.message_chunk), (50, 512));
+        let alone = daily_quota(Tier::Unlimited, 1, Some(DailyQuotaArg::Messages(7))).unwrap();
+        assert_eq!((alone.messages, alone.message_chunk), (7, 4096));
+        let parse = |v: &str| {
+            let argv = ["ferrohub", "serve", "--data-dir", "d", "--daily-quota", v];
+            let Command::Serve(args) = Cli::try_parse_from(argv).ok()?.command else { panic!() };
+            args.daily_quota
+        };
+        assert_eq!(parse("400_000"), Some(DailyQuotaArg::Messages(400_000)));
+        assert_eq!(parse("unlimited"), Some(DailyQuotaArg::Unlimited));
+        assert_eq!(parse("0"), None);
+        assert_eq!(parse("lots"), None);
     }
 
     #[test]

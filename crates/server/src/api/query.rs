@@ -4,6 +4,7 @@
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
 use base64::Engine as _;
+use ferrohub_core::daily_quota::Metered;
 use ferrohub_core::throttle::Class;
 use ferrohub_core::HubError;
 use serde::Deserialize;
@@ -44,6 +45,9 @@ pub(super) async fn query(
     JsonBody(body): JsonBody<QueryBody>,
 ) -> ApiResult<Response> {
     state.throttles.check(Class::Query, 1)?;
+    // A query is metered by the size of its page of results (0.5 KB
+    // chunks): one chunk before it runs, the rest once it is known.
+    state.throttles.meter(Metered::Twin, 0)?;
     let parsed = ferrohub_query::parse_query(&body.query).map_err(|e| HubError::invalid(e.message))?;
     let page = headers
         .get("x-ms-max-item-count")
@@ -57,7 +61,9 @@ pub(super) async fn query(
     let total = result.items.len();
     let end = (offset + page).min(total);
     let items: Vec<Value> = result.items.into_iter().skip(offset).take(end.saturating_sub(offset)).collect();
-    let mut response = json_response(&Value::Array(items));
+    let items = Value::Array(items);
+    state.throttles.meter_rest(Metered::Twin, || items.to_string().len());
+    let mut response = json_response(&items);
     let h = response.headers_mut();
     h.insert("x-ms-item-type", HeaderValue::from_static(result.item_type.as_str()));
     // No continuation header at all on the last page: the Node SDK treats

@@ -34,8 +34,14 @@ pub(super) async fn service(
             (t.class.name().to_owned(), json!({ "limit": limit, "throttled": t.throttled }))
         })
         .collect();
+    // Also a ferrohub addition: the daily message quota, when there is one.
+    let daily = state
+        .throttles
+        .daily()
+        .map(|(s, refused)| json!({ "limit": s.limit, "used": s.used, "refused": refused }));
     Ok(json_response(&json!({
         "connectedDeviceCount": state.presence.connected_count(),
         "throttles": throttles,
+        "dailyQuota": daily,
     })))
 }

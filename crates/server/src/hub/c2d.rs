@@ -23,6 +23,7 @@ use super::presence::{Outbound, Presence};
 use super::store_error::{store_error, Entity};
 use super::throttle::Throttles;
 use crate::clock;
+use ferrohub_core::daily_quota::Metered;
 use ferrohub_core::throttle::Class;
 
 /// How often expired messages are swept into their feedback.
@@ -103,6 +104,7 @@ impl CloudToDevice {
     /// and tells its connection, if any.
     pub async fn send(&self, device_id: &str, message: &CloudToDeviceMessage, ack: AckMode) -> HubResult<()> {
         self.throttles.check(Class::CloudToDevice, 1)?;
+        self.throttles.meter(Metered::Message, message.body.len())?;
         let text = serde_json::to_string(message).map_err(|e| HubError::internal(e.to_string()))?;
         let new = NewC2d {
             message_id: message.message_id.clone(),

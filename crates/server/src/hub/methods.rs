@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 
 use super::presence::{Delivery, Outbound, Presence};
 use super::throttle::Throttles;
+use ferrohub_core::daily_quota::Metered;
 use ferrohub_core::throttle::{method_cost, Class};
 use ferrohub_mqtt::topic::Subscription;
 
@@ -74,6 +75,7 @@ impl PendingMethods {
     ) -> HubResult<MethodReply> {
         let body = Bytes::from(payload.to_string());
         self.throttles.check(Class::Method, method_cost(body.len()))?;
+        self.throttles.meter(Metered::Message, body.len())?;
         let rid = format!("{:x}", self.next_rid.fetch_add(1, Ordering::Relaxed) + 1);
         let (tx, rx) = oneshot::channel();
         let key = (device_id.to_owned(), rid.clone());
@@ -81,6 +83,10 @@ impl PendingMethods {
         let result =
             self.call(presence, device_id, name, &rid, body, rx, response_timeout, connect_timeout).await;
         self.lock().remove(&key);
+        // The response counts as messages of its own.
+        if let Ok(reply) = &result {
+            self.throttles.meter_done(Metered::Message, reply.payload.to_string().len());
+        }
         result
     }
 

@@ -20,6 +20,7 @@ pub mod auth;
 pub mod bulk;
 pub mod c2d;
 pub mod configurations;
+pub mod daily_meter;
 pub mod firmware;
 pub mod methods;
 pub(crate) mod mint;
@@ -60,6 +61,8 @@ pub struct HubConfig {
     pub firmware_limits: firmware::FirmwareLimits,
     /// The throttles' limits (default: none).
     pub quotas: ferrohub_core::throttle::Quotas,
+    /// The daily message quota (default: none), counted in the data dir.
+    pub daily_quota: Option<ferrohub_core::daily_quota::DailyQuota>,
 }
 
 /// One hub node's core. Transports hold it in an `Arc`.
@@ -98,7 +101,9 @@ impl Hub {
     /// connected when the hub last stopped is recorded disconnected.
     pub async fn open(config: HubConfig) -> anyhow::Result<Arc<Self>> {
         let presence = Arc::new(presence::Presence::default());
-        let throttles = Arc::new(throttle::Throttles::new(config.quotas));
+        let daily = daily_meter::DailyMeter::open(&config.data_dir, config.daily_quota)?;
+        let throttles = Arc::new(throttle::Throttles::new(config.quotas).with_daily(daily));
+        throttle::Throttles::spawn_daily_persister(Arc::downgrade(&throttles));
         let (registry, changes) = registry::Registry::new(config.store.clone(), presence.clone());
         let registry = registry.with_throttles(throttles.clone());
         let engine = configurations::Engine::start(registry.clone(), changes, config.full_pass).await?;

@@ -20,6 +20,7 @@ use super::presence::{Outbound, Presence};
 use super::store_error::Entity;
 use super::throttle::Throttles;
 use crate::clock;
+use ferrohub_core::daily_quota::Metered;
 use ferrohub_core::throttle::Class;
 use ferrohub_mqtt::topic::Subscription;
 
@@ -263,13 +264,17 @@ impl Registry {
     /// The twin as REST returns it.
     pub async fn get_twin(&self, device_id: &str) -> HubResult<Value> {
         self.throttles.check(Class::TwinRead, 1)?;
+        self.throttles.meter(Metered::Twin, 0)?;
         let r = self.load(device_id).await?;
-        Ok(r.twin.to_json(&r.device))
+        let twin = r.twin.to_json(&r.device);
+        self.throttles.meter_rest(Metered::Twin, || twin.to_string().len());
+        Ok(twin)
     }
 
     /// `PATCH /twins/{id}`: merges tags and desired properties.
     pub async fn patch_twin(&self, device_id: &str, body: &Value, if_match: &IfMatch) -> HubResult<Value> {
         self.throttles.check(Class::TwinUpdate, 1)?;
+        self.throttles.meter_with(Metered::Twin, || body.to_string().len())?;
         self.patch_twin_unmetered(device_id, body, if_match).await
     }
 
@@ -288,6 +293,7 @@ impl Registry {
     /// `PUT /twins/{id}`: replaces tags and desired properties.
     pub async fn replace_twin(&self, device_id: &str, body: &Value, if_match: &IfMatch) -> HubResult<Value> {
         self.throttles.check(Class::TwinUpdate, 1)?;
+        self.throttles.meter_with(Metered::Twin, || body.to_string().len())?;
         self.change_twin(device_id, if_match, |twin, now| twin.replace(body, now)).await
     }
 
@@ -336,13 +342,17 @@ impl Registry {
     /// A device's own view of its twin (MQTT `$iothub/twin/GET`).
     pub async fn device_twin(&self, device_id: &str) -> HubResult<Value> {
         self.throttles.check(Class::TwinRead, 1)?;
-        Ok(self.load(device_id).await?.twin.to_device_json())
+        self.throttles.meter(Metered::Twin, 0)?;
+        let twin = self.load(device_id).await?.twin.to_device_json();
+        self.throttles.meter_rest(Metered::Twin, || twin.to_string().len());
+        Ok(twin)
     }
 
     /// A device's reported-properties patch; returns the new reported
     /// `$version` once the change is durably stored.
     pub async fn patch_reported(&self, device_id: &str, patch: &Value) -> HubResult<i64> {
         self.throttles.check(Class::TwinUpdate, 1)?;
+        self.throttles.meter_with(Metered::Twin, || patch.to_string().len())?;
         let record = self
             .modify(device_id, |record| Ok(record.twin.apply_reported_patch(patch, clock::now())?.changed))
             .await?;

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use ferrohub_core::daily_quota::Metered;
 use ferrohub_core::message::render_body;
 use ferrohub_core::time::Timestamp;
 use ferrohub_core::HubResult;
@@ -187,17 +188,22 @@ impl Telemetry {
         Self { throttles, recent: Mutex::default(), live: broadcast::channel(LIVE_BACKLOG).0 }
     }
 
-    /// Admits `count` messages a device sends in one request (HTTPS),
-    /// or refuses them all with 429 ThrottlingException and a retry-after.
-    pub fn admit(&self, device_id: &str, count: usize) -> HubResult<()> {
-        self.throttles.admit_telemetry(device_id, u32::try_from(count).unwrap_or(u32::MAX))
+    /// Admits the messages a device sends in one request (HTTPS), of
+    /// these body sizes, or refuses them all: 429 ThrottlingException with
+    /// a retry-after over the rate, 403 IotHubQuotaExceeded once the day's
+    /// quota is used.
+    pub fn admit(&self, device_id: &str, sizes: &[usize]) -> HubResult<()> {
+        self.throttles.admit_telemetry(device_id, u32::try_from(sizes.len()).unwrap_or(u32::MAX))?;
+        self.throttles.meter_batch(Metered::Message, sizes.iter().copied())
     }
 
-    /// How long to hold one MQTT message (and so its PUBACK) before
-    /// [`push`](Self::push)ing it: MQTT telemetry over the rate is paced by
-    /// back-pressure, never dropped.
-    pub fn pace(&self, device_id: &str) -> Duration {
-        self.throttles.pace_telemetry(device_id)
+    /// How long to hold one MQTT message of `bytes` bytes (and so its
+    /// PUBACK) before [`push`](Self::push)ing it: MQTT telemetry over the
+    /// rate is paced by back-pressure, never dropped. Refused only once the
+    /// day's quota is used (IoT Hub then closes the connection).
+    pub fn pace(&self, device_id: &str, bytes: usize) -> HubResult<Duration> {
+        self.throttles.meter(Metered::Message, bytes)?;
+        Ok(self.throttles.pace_telemetry(device_id))
     }
 
     /// Accepts an event: keeps it for replay and hands it to live readers.

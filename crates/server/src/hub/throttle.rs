@@ -8,11 +8,14 @@
 //! default) runs as before.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use ferrohub_core::daily_quota::Metered;
 use ferrohub_core::throttle::{Class, Gcra, Keyed, Quota, Quotas};
 use ferrohub_core::{HubError, HubResult};
+
+use super::daily_meter::{DailyMeter, DailyStat, PERSIST_EVERY};
 
 /// One hub's throttles.
 pub struct Throttles {
@@ -24,6 +27,10 @@ pub struct Throttles {
     /// Per-device telemetry buckets.
     devices: Mutex<Keyed<String>>,
     throttled: [AtomicU64; Class::ALL.len()],
+    /// The daily message quota (none by default).
+    daily: DailyMeter,
+    /// Operations refused because the day's quota was used.
+    over_quota: AtomicU64,
 }
 
 impl Default for Throttles {
@@ -56,7 +63,79 @@ impl Throttles {
             hub: Mutex::new([Gcra::default(); Class::ALL.len()]),
             devices: Mutex::default(),
             throttled: Default::default(),
+            daily: DailyMeter::default(),
+            over_quota: AtomicU64::new(0),
         }
+    }
+
+    /// These throttles with a daily message quota.
+    pub fn with_daily(mut self, daily: DailyMeter) -> Self {
+        self.daily = daily;
+        self
+    }
+
+    /// Counts an operation of `bytes` bytes against the daily quota, or
+    /// refuses it (403 IotHubQuotaExceeded) once the day's quota is used.
+    pub fn meter(&self, kind: Metered, bytes: usize) -> HubResult<()> {
+        self.daily.admit(kind, bytes).inspect_err(|_| {
+            self.over_quota.fetch_add(1, Ordering::Relaxed);
+        })
+    }
+
+    /// Counts a batch of messages (an HTTPS telemetry batch) against the
+    /// daily quota whole: all of them, or none with 403.
+    pub fn meter_batch(&self, kind: Metered, sizes: impl Iterator<Item = usize>) -> HubResult<()> {
+        self.daily.admit_batch(kind, sizes).inspect_err(|_| {
+            self.over_quota.fetch_add(1, Ordering::Relaxed);
+        })
+    }
+
+    /// Counts an operation whose size `f` gives (a serialized twin, say)
+    /// against the daily quota; `f` runs only when the hub has one.
+    pub fn meter_with(&self, kind: Metered, f: impl FnOnce() -> usize) -> HubResult<()> {
+        if self.daily.is_metered() {
+            self.meter(kind, f())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Counts what an admitted operation turned out to cost beyond its
+    /// first chunk (a twin read, a query's results).
+    pub fn meter_rest(&self, kind: Metered, f: impl FnOnce() -> usize) {
+        if self.daily.is_metered() {
+            self.daily.charge_rest(kind, f());
+        }
+    }
+
+    /// Counts a whole operation that was carried out (a method's response).
+    pub fn meter_done(&self, kind: Metered, bytes: usize) {
+        self.daily.charge(kind, bytes);
+    }
+
+    /// The daily quota and today's count, and how many operations it
+    /// refused; `None` without a quota.
+    pub fn daily(&self) -> Option<(DailyStat, u64)> {
+        self.daily.stat().map(|s| (s, self.over_quota.load(Ordering::Relaxed)))
+    }
+
+    /// Writes the daily count if it changed.
+    pub fn persist_daily(&self) {
+        if let Err(e) = self.daily.persist() {
+            tracing::warn!(%e, "writing the daily message count failed");
+        }
+    }
+
+    /// Writes the daily count every few seconds while the throttles live.
+    pub fn spawn_daily_persister(this: Weak<Self>) {
+        tokio::spawn(async move {
+            let mut timer = tokio::time::interval(PERSIST_EVERY);
+            loop {
+                timer.tick().await;
+                let Some(throttles) = this.upgrade() else { return };
+                throttles.persist_daily();
+            }
+        });
     }
 
     fn now(&self) -> Duration {

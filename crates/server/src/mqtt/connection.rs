@@ -359,8 +359,9 @@ impl Link {
             Action::Close(c) => return Err(c.into()),
             Action::Telemetry { properties, payload } => {
                 // Throttle: over the telemetry rate the message, and with
-                // it its PUBACK (the session's next action), waits.
-                let wait = self.state.telemetry.pace(device_id);
+                // it its PUBACK (the session's next action), waits. Past
+                // the daily quota the connection ends, as on IoT Hub.
+                let wait = self.state.telemetry.pace(device_id, payload.len())?;
                 if !wait.is_zero() {
                     self.hold(wait).await?;
                 }

@@ -40,7 +40,8 @@ pub(crate) async fn send_event(
         vec![(properties::from_headers(&headers)?, body)]
     };
     // A batch is admitted whole or refused whole (429 with Retry-After).
-    hub.telemetry.admit(&id, messages.len())?;
+    let sizes: Vec<usize> = messages.iter().map(|(_, body)| body.len()).collect();
+    hub.telemetry.admit(&id, &sizes)?;
     let now = clock::now();
     for (props, body) in messages {
         hub.telemetry.push(TelemetryEvent::from_device(&id, props, body, now));
