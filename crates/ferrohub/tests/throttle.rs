@@ -342,3 +342,20 @@ async fn the_daily_quota_counts_chunks_refuses_with_403_and_survives_a_restart()
     assert_eq!(used_today(&hub).await, 6);
     assert_over_quota(send_event(&hub, "q", &key, "text/plain", "again".into()).await).await;
 }
+
+#[tokio::test]
+async fn a_throttled_registry_or_query_call_is_refused_before_its_body_is_read() {
+    let hub = TestHub::start_with(&["--throttle", "registry=1/min", "--throttle", "query=1/min"]);
+    let owner = owner_token(&hub);
+    create_device(&hub, "first").await;
+    // Bad JSON would be 400 if the body were parsed: the throttle answers first.
+    let bad = Some(("application/json", "{not json".to_owned()));
+    let res = call(&hub, Method::PUT, "/devices/second?api-version=2021-04-12", &owner, bad.clone()).await;
+    assert_throttled(res).await;
+    let query = Some(("application/json", r#"{"query":"SELECT * FROM devices"}"#.to_owned()));
+    let res = call(&hub, Method::POST, "/devices/query?api-version=2021-04-12", &owner, query).await;
+    assert_eq!(res.status().as_u16(), 200);
+    let res = call(&hub, Method::POST, "/devices/query?api-version=2021-04-12", &owner, bad).await;
+    assert_throttled(res).await;
+    assert_eq!((throttled(&hub, "registry").await, throttled(&hub, "query").await), (1, 1));
+}

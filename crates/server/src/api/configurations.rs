@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use ferrohub_core::throttle::Class;
 use serde_json::Value;
 
+use super::admitted::{Admitted, ConfigurationOps};
 use super::auth::{Own, Service, ServiceConnect};
 use super::body::JsonBody;
 use super::error::ApiResult;
@@ -25,9 +25,9 @@ pub(super) async fn get(
 
 pub(super) async fn list(
     Service { hub: state, .. }: Service<ServiceConnect>,
+    _: Admitted<ConfigurationOps>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    state.throttles.check(Class::Configuration, 1)?;
     let top = query.get("top").and_then(|t| t.parse::<i64>().ok());
     json(&state.engine.list(top))
 }
@@ -35,21 +35,21 @@ pub(super) async fn list(
 /// Without If-Match this creates (409 if the id exists); with it, updates.
 pub(super) async fn put(
     Service { hub: state, .. }: Service<ServiceConnect>,
+    _: Admitted<ConfigurationOps>,
     headers: HeaderMap,
     IdPath(id): IdPath,
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<Response> {
-    state.throttles.check(Class::Configuration, 1)?;
     let cond = if_match(&headers)?;
     json(&state.engine.put(&id, &body, &cond).await?)
 }
 
 pub(super) async fn delete(
     Service { hub: state, .. }: Service<ServiceConnect>,
+    _: Admitted<ConfigurationOps>,
     headers: HeaderMap,
     IdPath(id): IdPath,
 ) -> ApiResult<Response> {
-    state.throttles.check(Class::Configuration, 1)?;
     let cond = match if_match(&headers)? {
         IfMatch::Absent => IfMatch::Any,
         c => c,

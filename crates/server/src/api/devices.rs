@@ -6,8 +6,8 @@ use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use ferrohub_core::identity::DeviceRequest;
-use ferrohub_core::throttle::Class;
 
+use super::admitted::{Admitted, RegistryOps};
 use super::auth::{RegistryRead, RegistryWrite, Service};
 use super::body::JsonBody;
 use super::error::ApiResult;
@@ -17,9 +17,9 @@ use ferrohub_core::precondition::IfMatch;
 
 pub(super) async fn list(
     Service { hub: state, .. }: Service<RegistryRead>,
+    _: Admitted<RegistryOps>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    state.throttles.check(Class::Registry, 1)?;
     // Azure treats a missing or out-of-range `top` as 1000.
     let top = query.get("top").and_then(|t| t.parse::<i64>().ok());
     json(&state.registry.list_devices(top).await?)
@@ -27,20 +27,20 @@ pub(super) async fn list(
 
 pub(super) async fn get(
     Service { hub: state, .. }: Service<RegistryRead>,
+    _: Admitted<RegistryOps>,
     IdPath(id): IdPath,
 ) -> ApiResult<Response> {
-    state.throttles.check(Class::Registry, 1)?;
     json(&state.registry.get_device(&id).await?)
 }
 
 /// Without If-Match this creates (Azure answers 200, not 201); with it, updates.
 pub(super) async fn put(
     Service { hub: state, .. }: Service<RegistryWrite>,
+    _: Admitted<RegistryOps>,
     headers: HeaderMap,
     IdPath(id): IdPath,
     JsonBody(req): JsonBody<DeviceRequest>,
 ) -> ApiResult<Response> {
-    state.throttles.check(Class::Registry, 1)?;
     let device = match if_match(&headers)? {
         IfMatch::Absent => state.registry.create_device(&id, req, None).await?,
         cond => state.registry.update_device(&id, req, &cond).await?,
@@ -50,10 +50,10 @@ pub(super) async fn put(
 
 pub(super) async fn delete(
     Service { hub: state, .. }: Service<RegistryWrite>,
+    _: Admitted<RegistryOps>,
     headers: HeaderMap,
     IdPath(id): IdPath,
 ) -> ApiResult<Response> {
-    state.throttles.check(Class::Registry, 1)?;
     // Every SDK sends If-Match on delete; a bare DELETE means "whatever it is".
     let cond = match if_match(&headers)? {
         IfMatch::Absent => IfMatch::Any,
@@ -67,9 +67,9 @@ pub(super) async fn delete(
 /// entry failed.
 pub(super) async fn bulk(
     Service { hub: state, .. }: Service<RegistryWrite>,
+    _: Admitted<RegistryOps>,
     JsonBody(items): JsonBody<Vec<ExportImportDevice>>,
 ) -> ApiResult<Response> {
-    state.throttles.check(Class::Registry, 1)?;
     let result = bulk::apply(&state.registry, items).await?;
     let mut response = json(&result)?;
     if !result.is_successful {

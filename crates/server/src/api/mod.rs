@@ -9,6 +9,7 @@
 //! Any failure is a [`HubError`] rendered by [`error::ApiError`]. This
 //! module knows HTTP and the hub, nothing of the other transports.
 
+mod admitted;
 mod auth;
 mod body;
 mod c2d;

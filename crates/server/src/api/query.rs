@@ -5,11 +5,11 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
 use base64::Engine as _;
 use ferrohub_core::daily_quota::Metered;
-use ferrohub_core::throttle::Class;
 use ferrohub_core::HubError;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::admitted::{Admitted, Queries};
 use super::auth::{Service, ServiceOrRegistryRead};
 use super::body::JsonBody;
 use super::error::ApiResult;
@@ -41,10 +41,10 @@ fn decode_continuation(headers: &HeaderMap) -> Result<usize, HubError> {
 
 pub(super) async fn query(
     Service { hub: state, .. }: Service<ServiceOrRegistryRead>,
+    _: Admitted<Queries>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<QueryBody>,
 ) -> ApiResult<Response> {
-    state.throttles.check(Class::Query, 1)?;
     // A query is metered by the size of its page of results (0.5 KB
     // chunks): one chunk before it runs, the rest once it is known.
     state.throttles.meter(Metered::Twin, 0)?;
