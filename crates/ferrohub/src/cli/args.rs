@@ -73,6 +73,11 @@ pub(crate) enum Command {
 /// Flags of `ferrohub serve`.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
+    /// How the log on stderr is written: `text` for people, `json` (one
+    /// object per line: timestamp, level, target, fields, spans) for log
+    /// collectors.
+    #[arg(long, env = "FERROHUB_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
     /// Where the store, keys and certificates live
     /// [default: ${XDG_DATA_HOME:-$HOME/.local/share}/ferrohub].
     #[arg(long, env = "FERROHUB_DATA_DIR", value_name = "DIR")]
@@ -160,6 +165,15 @@ fn parse_daily_quota(s: &str) -> Result<DailyQuotaArg, String> {
             Ok(n) => Ok(DailyQuotaArg::Messages(n)),
         },
     }
+}
+
+/// `serve --log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// tracing's human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Output formats, as az's `--output`.

@@ -13,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 use ferrohub_core::daily_quota::DailyQuota;
 use ferrohub_core::throttle::Tier;
 
-use super::args::{DailyQuotaArg, ServeArgs};
+use super::args::{DailyQuotaArg, LogFormat, ServeArgs};
 use super::context;
 
 /// The server's options from the command line.
@@ -149,13 +149,16 @@ impl LimitArgs {
 }
 
 /// Runs the hub until SIGINT/SIGTERM. Logs go to stderr (filter from
-/// `RUST_LOG`, default `info`); stdout carries only the ready line and the
-/// owner connection string.
+/// `RUST_LOG`, default `info`; text or JSON lines); stdout carries only the
+/// ready line and the owner connection string.
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only for a person watching; not in files or journald.
-    let ansi = std::io::stderr().is_terminal();
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    let log = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => log.json().with_current_span(true).with_span_list(false).init(),
+        // Colours only for a person watching; not in files or journald.
+        LogFormat::Text => log.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     let opts = options(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(ferrohub_server::serve(opts))
