@@ -148,6 +148,8 @@ install_system_packages() {
   command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
   # The telemetry benchmark's smoke run compares against Debian's Mosquitto.
   [[ -x /usr/sbin/mosquitto ]] || command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
+  # The /metrics test lints the hub's exposition with promtool.
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
   if ((${#missing[@]})); then
     apt_install "${missing[@]}"
   else

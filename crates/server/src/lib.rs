@@ -15,6 +15,7 @@ mod https_conn;
 pub mod hub;
 pub mod hubfile;
 pub mod listen;
+pub mod metrics;
 mod mqtt;
 pub mod options;
 pub mod policies;

@@ -129,7 +129,7 @@ impl FromRequestParts<State> for DeviceCall {
     }
 }
 
-fn authorize_service<P: Needs>(parts: &Parts, hub: &State) -> Result<(), ApiError> {
+pub(super) fn authorize_service<P: Needs>(parts: &Parts, hub: &State) -> Result<(), ApiError> {
     let header = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
     let path = RequestPath::of(parts.uri.path());
     let resources = path.resources();

@@ -21,6 +21,7 @@ mod events;
 mod feedback;
 mod firmware;
 mod methods;
+mod metrics;
 mod paths;
 mod policies;
 pub(crate) mod properties;
@@ -54,7 +55,12 @@ pub type State = Arc<Hub>;
 /// table's spelling before routing.
 pub fn router(state: State) -> Router {
     let (routes, table) = routes().finish();
-    let routes = routes.fallback(not_found).method_not_allowed_fallback(method_not_allowed).with_state(state);
+    let http_metrics = state.http_metrics.clone();
+    let routes = routes
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(http_metrics, crate::metrics::track))
+        .with_state(state);
     let canonical = tower::ServiceBuilder::new()
         .map_request(move |req: axum::extract::Request| table.rewrite(req))
         .service(routes);
@@ -98,6 +104,7 @@ fn routes() -> Routes {
         .route("/firmware-rollouts/{id}/{action}", post(rollouts::act))
         .route("/statistics/devices", get(stats::devices))
         .route("/statistics/service", get(stats::service))
+        .route("/metrics", get(metrics::scrape))
         .route("/ferrohub/policies", get(policies::list))
         .route("/ferrohub/policies/{name}/renewKey", post(policies::renew_key))
 }

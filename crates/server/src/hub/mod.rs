@@ -93,6 +93,8 @@ pub struct Hub {
     pub rollouts: Arc<rollouts::Rollouts>,
     /// IoT Hub's operation throttles and how often each refused.
     pub throttles: Arc<throttle::Throttles>,
+    /// HTTP request counts and durations for `/metrics`.
+    pub http_metrics: crate::metrics::HttpMetrics,
 }
 
 impl Hub {
@@ -140,6 +142,7 @@ impl Hub {
             firmware,
             rollouts,
             throttles,
+            http_metrics: crate::metrics::HttpMetrics::default(),
         }))
     }
 }

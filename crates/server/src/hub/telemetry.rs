@@ -12,6 +12,7 @@
 //! floods evicts only its own history while any other device holds less.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -174,6 +175,8 @@ pub struct Telemetry {
     throttles: Arc<Throttles>,
     recent: Mutex<Buffer>,
     live: broadcast::Sender<Arc<TelemetryEvent>>,
+    /// Messages accepted since start, for `/metrics`.
+    accepted: AtomicU64,
 }
 
 impl Default for Telemetry {
@@ -185,7 +188,12 @@ impl Default for Telemetry {
 impl Telemetry {
     /// Telemetry admitted against `throttles`' telemetry rates.
     pub fn new(throttles: Arc<Throttles>) -> Self {
-        Self { throttles, recent: Mutex::default(), live: broadcast::channel(LIVE_BACKLOG).0 }
+        Self {
+            throttles,
+            recent: Mutex::default(),
+            live: broadcast::channel(LIVE_BACKLOG).0,
+            accepted: AtomicU64::new(0),
+        }
     }
 
     /// Admits the messages a device sends in one request (HTTPS), of
@@ -208,6 +216,7 @@ impl Telemetry {
 
     /// Accepts an event: keeps it for replay and hands it to live readers.
     pub fn push(&self, event: TelemetryEvent) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
         let event = Arc::new(event);
         crate::sync::or_stop(self.recent.lock(), "telemetry buffer").push(
             event.clone(),
@@ -216,6 +225,11 @@ impl Telemetry {
         );
         // No live reader is fine.
         let _ = self.live.send(event);
+    }
+
+    /// Messages accepted since the hub started.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
     }
 
     /// Up to `last` recent events (of one device, if given), oldest first,
